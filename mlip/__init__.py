@@ -1,0 +1,13 @@
+"""mlip: fast E(3)-equivariant machine-learned interatomic potentials."""
+
+import torch
+
+# e3nn 0.4.4 (the version mace-torch pins) loads its constants with a plain torch.load, which
+# torch >= 2.6 refuses under weights_only unless `slice` is an allowed global. `slice` carries no code.
+torch.serialization.add_safe_globals([slice])
+
+from mlip.nn.potential import Potential  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = ["Potential", "__version__"]

@@ -1,0 +1,111 @@
+"""Facet: spline radial functions, channel-wise convolutions and spherical-grid MLP mixing."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mlip.nn.layers import Convolution, EquivariantNorm, GridMixing
+from mlip.nn.sphere import default_grid_size, spherical_harmonics
+
+
+class Facet(nn.Module):
+    """Facet energy model: per-atom energies from species and edge vectors.
+
+    Args:
+        num_species: number of elements (species indices run over ``0 .. num_species - 1``).
+        r_max: cutoff radius, Å.
+        channels: channels per degree of the hidden features, e.g. ``[128, 64, 32]`` for
+            ``128x0e + 64x1o + 32x2e``.
+        l_sh: maximum degree of the edge spherical harmonics.
+        num_layers: number of interaction layers.
+        radial: ``"spline"`` (cubic B-splines, Facet) or ``"bessel_mlp"`` (ablation).
+        num_radial: number of radial basis functions.
+        grid_channels: channels ``U`` projected onto the spherical grid.
+        grid_hidden: hidden width of the per-point MLP.
+        grid_heads: the ``U`` channels are split into this many heads sharing one MLP.
+        grid_size: ``(n_beta, n_alpha)`` of the Gauss-Legendre grid; default from
+            :func:`mlip.nn.sphere.default_grid_size`.
+        grid_activation: ``"silu"``, ``"gelu"``, ``"tanh"`` or ``"poly2"`` (exactly equivariant).
+        avg_num_neighbors: mean neighbour count of the training data (set at fit time).
+        norm_power: neighbour sums are divided by ``avg_num_neighbors ** norm_power``.
+        gamma_init: initial value of the residual gates (0 gives an identity start).
+        readout_hidden: hidden width of the readout MLP on the final scalars.
+    """
+
+    def __init__(
+        self,
+        num_species: int,
+        r_max: float = 6.0,
+        channels: list[int] | tuple[int, ...] = (128, 64, 32),
+        l_sh: int = 2,
+        num_layers: int = 3,
+        radial: str = "spline",
+        num_radial: int = 10,
+        grid_channels: int = 32,
+        grid_hidden: int = 16,
+        grid_heads: int = 2,
+        grid_size: list[int] | tuple[int, int] | None = None,
+        grid_activation: str = "silu",
+        avg_num_neighbors: float = 1.0,
+        norm_power: float = 0.5,
+        gamma_init: float = 0.0,
+        readout_hidden: int = 16,
+    ) -> None:
+        super().__init__()
+        channels = list(channels)
+        l_max = len(channels) - 1
+        grid_size = tuple(grid_size) if grid_size is not None else default_grid_size(l_max)
+        self.l_sh = l_sh
+        self.norm_power = norm_power
+        self.register_buffer("avg_num_neighbors", torch.tensor(float(avg_num_neighbors)))
+        self.embedding = nn.Embedding(num_species, channels[0])
+        scalar_in = [channels[0]] + [0] * l_max
+        self.convolutions = nn.ModuleList()
+        self.mixings = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        for layer in range(num_layers):
+            self.convolutions.append(
+                Convolution(
+                    scalar_in if layer == 0 else channels, channels, l_sh, r_max, radial, num_radial
+                )
+            )
+            self.mixings.append(
+                GridMixing(
+                    channels, grid_channels, grid_hidden, grid_heads, grid_size, grid_activation
+                )
+            )
+            self.norms.append(EquivariantNorm(channels))
+        self.gammas = nn.ParameterList(
+            nn.Parameter(torch.full((num_layers, c, 1), float(gamma_init))) for c in channels
+        )
+        self.readout = nn.Sequential(
+            nn.Linear(channels[0], readout_hidden), nn.SiLU(), nn.Linear(readout_hidden, 1)
+        )
+        self.channels = channels
+
+    def forward(
+        self, species: Tensor, edge_vec: Tensor, edge_index: Tensor, batch: Tensor
+    ) -> Tensor:
+        """Per-atom energies ``[N]`` (before scale, shift and E0).
+
+        ``species [N]`` long indices into the potential's element list, ``edge_vec [E, 3]`` Å
+        (``r_ij = pos[j] - pos[i]`` plus image shift), ``edge_index [2, E]`` (row 0 = j, row 1 = i),
+        ``batch [N]`` structure index (unused by Facet; part of the model interface).
+        """
+        r = edge_vec.norm(dim=-1)
+        sh = spherical_harmonics(self.l_sh, edge_vec)
+        norm = self.avg_num_neighbors ** (-self.norm_power)
+        x0 = self.embedding(species).unsqueeze(-1)
+        h = [x0] + [
+            x0.new_zeros(x0.shape[0], c, 2 * l + 1) for l, c in enumerate(self.channels) if l
+        ]
+        for layer, (conv, mix, norm_layer) in enumerate(
+            zip(self.convolutions, self.mixings, self.norms, strict=True)
+        ):
+            out = norm_layer(mix(conv(h, sh, r, edge_index, norm)))
+            h = [x + gamma[layer] * o for x, o, gamma in zip(h, out, self.gammas, strict=True)]
+        return self.readout(h[0].squeeze(-1)).squeeze(-1)
+
+
+__all__ = ["Facet"]

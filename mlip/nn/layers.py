@@ -1,0 +1,221 @@
+"""Equivariant building blocks on per-degree features.
+
+A feature set is a list ``h`` with ``h[l]`` of shape ``[N, C_l, 2l + 1]`` (parity ``(-1)^l``), so
+that channel mixing is a plain matrix product per degree.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from mlip.nn.radial import make_radial
+from mlip.nn.sphere import SphericalGrid, clebsch_gordan, irrep_slice
+
+Features = list[Tensor]
+
+
+class EquivariantLinear(nn.Module):
+    """Channel mixing per degree, ``[N, C_in_l, 2l+1] -> [N, C_out_l, 2l+1]``; bias on scalars only.
+
+    Degrees missing on either side (zero channels) are skipped; missing outputs are zeros.
+    """
+
+    def __init__(self, channels_in: list[int], channels_out: list[int], bias: bool = True) -> None:
+        super().__init__()
+        self.channels_in = list(channels_in)
+        self.channels_out = list(channels_out)
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.randn(c_in, c_out) / math.sqrt(max(c_in, 1)))
+            for c_in, c_out in zip(self.channels_in, self.channels_out, strict=False)
+        )
+        self.bias = nn.Parameter(torch.zeros(channels_out[0])) if bias else None
+
+    def forward(self, h: Features) -> Features:
+        out = []
+        for l, c_out in enumerate(self.channels_out):
+            if l < len(self.weights) and l < len(h) and self.channels_in[l] > 0:
+                y = torch.einsum("ncm,cd->ndm", h[l], self.weights[l])
+            else:
+                y = h[0].new_zeros(h[0].shape[0], c_out, 2 * l + 1)
+            if l == 0 and self.bias is not None:
+                y = y + self.bias.unsqueeze(-1)
+            out.append(y)
+        return out
+
+
+class Convolution(nn.Module):
+    """Message passing: channel-wise tensor product of neighbour features with ``Y(r_ij)``.
+
+    For every path ``(l1 of h_j) x (l2 of Y) -> l3`` with ``l1 + l2 + l3`` even (parity kept),
+    ``m_ij[l3, c] = R_path,c(r_ij) * CG(h_j[l1, c] (x) Y_l2)``; messages are summed over ``j``,
+    divided by ``avg_num_neighbors ** norm_power``, mixed by a linear map into ``channels_out``
+    and added to a linear self-connection of ``h_i``.
+
+    Args:
+        channels_in: channels per degree of ``h``.
+        channels_out: channels per degree of the output.
+        l_sh: maximum degree of the edge spherical harmonics.
+        r_max: cutoff radius, Å.
+        radial: ``"spline"`` (:class:`SplineRadial`) or ``"bessel_mlp"`` (:class:`BesselMLPRadial`).
+        num_radial: number of radial basis functions.
+    """
+
+    def __init__(
+        self,
+        channels_in: list[int],
+        channels_out: list[int],
+        l_sh: int,
+        r_max: float,
+        radial: str = "spline",
+        num_radial: int = 10,
+    ) -> None:
+        super().__init__()
+        self.l_sh = l_sh
+        l_out = len(channels_out) - 1
+        dim_sh = (l_sh + 1) ** 2
+        self.groups: list[tuple[int, list[tuple[int, int]]]] = []  # (l1, [(l2, l3), ...])
+        cols_per_l3: list[int] = [0] * (l_out + 1)
+        for l1, c1 in enumerate(channels_in):
+            if c1 == 0:
+                continue
+            paths = [
+                (l2, l3)
+                for l2 in range(l_sh + 1)
+                for l3 in range(abs(l1 - l2), min(l1 + l2, l_out) + 1)
+                if (l1 + l2 + l3) % 2 == 0
+            ]
+            self.groups.append((l1, paths))
+            # CG block of the group: [dim_sh, 2l1+1, sum_paths (2l3+1)], component-normalised
+            blocks = []
+            for l2, l3 in paths:
+                cg = clebsch_gordan(l1, l2, l3) * math.sqrt(2 * l3 + 1)
+                block = torch.zeros(dim_sh, 2 * l1 + 1, 2 * l3 + 1, dtype=torch.float64)
+                block[irrep_slice(l2)] = cg.permute(1, 0, 2)
+                blocks.append(block)
+                cols_per_l3[l3] += c1
+            cg_all = torch.cat(blocks, dim=-1)
+            self.register_buffer(
+                f"cg_{l1}",
+                cg_all.reshape(dim_sh, -1).to(torch.get_default_dtype()),
+                persistent=False,
+            )
+            path_of_col = torch.cat(
+                [torch.full((2 * l3 + 1,), p) for p, (_, l3) in enumerate(paths)]
+            )
+            self.register_buffer(f"path_of_col_{l1}", path_of_col, persistent=False)
+        self.channels_in = list(channels_in)
+        self.num_weights = sum(channels_in[l1] * len(paths) for l1, paths in self.groups)
+        self.radial = make_radial(radial, r_max, self.num_weights, num_radial)
+        self.linear = EquivariantLinear(cols_per_l3, channels_out, bias=False)
+        self.self_connection = EquivariantLinear(channels_in, channels_out)
+
+    def forward(
+        self, h: Features, sh: Tensor, r: Tensor, edge_index: Tensor, norm: Tensor
+    ) -> Features:
+        """``h`` node features, ``sh [E, (l_sh+1)^2]``, ``r [E]`` Å, ``edge_index [2, E]`` (j, i),
+        ``norm`` the factor applied to the neighbour sums."""
+        src, dst = edge_index[0], edge_index[1]
+        num_nodes = h[0].shape[0]
+        weights = self.radial(r)
+        gathered: list[list[Tensor]] = [[] for _ in self.linear.channels_in]
+        offset = 0
+        for l1, paths in self.groups:
+            c1 = self.channels_in[l1]
+            x = h[l1][src]  # [E, C1, 2l1+1]
+            cg = getattr(self, f"cg_{l1}")
+            t = (sh @ cg).reshape(
+                sh.shape[0], 2 * l1 + 1, cg.shape[1] // (2 * l1 + 1)
+            )  # [E, 2l1+1, M]
+            msg = torch.bmm(x, t)  # [E, C1, M]
+            w = weights[:, offset : offset + c1 * len(paths)].reshape(-1, c1, len(paths))
+            offset += c1 * len(paths)
+            msg = msg * w[:, :, getattr(self, f"path_of_col_{l1}")]
+            agg = msg.new_zeros(num_nodes, c1, msg.shape[-1]).index_add_(0, dst, msg) * norm
+            col = 0
+            for _, l3 in paths:
+                gathered[l3].append(agg[:, :, col : col + 2 * l3 + 1])
+                col += 2 * l3 + 1
+        a = [torch.cat(parts, dim=1) for parts in gathered]
+        out = self.linear(a)
+        skip = self.self_connection(h)
+        return [o + s for o, s in zip(out, skip, strict=True)]
+
+
+class GridMixing(nn.Module):
+    """Spherical-grid mixing: the same MLP at every Gauss-Legendre grid point, across channels.
+
+    ``h -> linear to U channels of every degree -> grid -> MLP (heads share it) -> back ->``
+    concatenate the input scalars -> linear to ``channels``. Equivariant up to quadrature aliasing
+    of the non-polynomial activation, which the grid size controls.
+    """
+
+    def __init__(
+        self,
+        channels: list[int],
+        grid_channels: int,
+        hidden: int,
+        heads: int,
+        grid_size: tuple[int, int],
+        activation: str = "silu",
+    ) -> None:
+        super().__init__()
+        if grid_channels % heads:
+            raise ValueError(f"grid_channels={grid_channels} is not divisible by heads={heads}")
+        l_max = len(channels) - 1
+        self.heads = heads
+        self.linear_in = EquivariantLinear(channels, [grid_channels] * (l_max + 1))
+        self.grid = SphericalGrid(l_max, *grid_size)
+        width = grid_channels // heads
+        self.mlp = nn.Sequential(
+            nn.Linear(width, hidden), ACTIVATIONS[activation](), nn.Linear(hidden, width)
+        )
+        self.linear_out = EquivariantLinear(
+            [grid_channels + channels[0]] + [grid_channels] * l_max, channels
+        )
+
+    def forward(self, h: Features) -> Features:
+        x = self.linear_in(h)
+        n, u = x[0].shape[:2]
+        g = self.grid.to_grid(torch.cat(x, dim=-1))  # [N, U, P]
+        g = g.transpose(1, 2).reshape(n, -1, self.heads, u // self.heads)
+        g = self.mlp(g).reshape(n, -1, u).transpose(1, 2)
+        y = self.grid.from_grid(g)  # [N, U, D]
+        out = [y[:, :, irrep_slice(l)] for l in range(len(x))]
+        out[0] = torch.cat([out[0], h[0]], dim=1)
+        return self.linear_out(out)
+
+
+class Poly2(nn.Module):
+    """``x + x^2 / 2``: a polynomial activation for which grid mixing is exactly equivariant."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + 0.5 * x * x
+
+
+ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh, "poly2": Poly2}
+
+
+class EquivariantNorm(nn.Module):
+    """Layer norm for irreps: scalars centred and RMS-normalised over channels; all ``l > 0``
+    features share one RMS over channels and components. Learned scale per channel, bias on scalars.
+    """
+
+    def __init__(self, channels: list[int], eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.scales = nn.ParameterList(nn.Parameter(torch.ones(c, 1)) for c in channels)
+        self.bias = nn.Parameter(torch.zeros(channels[0], 1))
+
+    def forward(self, h: Features) -> Features:
+        s = h[0] - h[0].mean(dim=1, keepdim=True)
+        s = s * torch.rsqrt(s.pow(2).mean(dim=(1, 2), keepdim=True) + self.eps)
+        out = [s * self.scales[0] + self.bias]
+        if len(h) > 1:
+            sq = sum(x.pow(2).sum(dim=(1, 2)) for x in h[1:])
+            count = sum(x.shape[1] * x.shape[2] for x in h[1:])
+            inv = torch.rsqrt(sq / count + self.eps)[:, None, None]
+            out += [x * inv * scale for x, scale in zip(h[1:], self.scales[1:], strict=True)]
+        return out

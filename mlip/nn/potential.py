@@ -1,0 +1,163 @@
+"""Potential: wraps an energy model into energies, forces and stress by autograd."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from ase.data import chemical_symbols
+from torch import Tensor, nn
+
+from mlip import keys
+
+
+class UnknownElementError(ValueError):
+    """A structure holds an element that the model was not trained on."""
+
+
+class Potential(nn.Module):
+    """Energy, forces and stress of a batch from any per-atom energy model.
+
+    ``E = sum_i (scale[s_i] * (model_i - model_iso[s_i]) + shift[s_i] + E0[s_i])``, where
+    ``model_iso`` is the model's output for a lone atom of each species, so an atom without
+    neighbours has energy ``E0 + shift`` exactly. Forces ``-dE/dpos`` and stress
+    ``(1/V) dE/d(strain)`` come from one autograd pass over positions and a symmetric strain applied
+    to positions and cell. Double backward works (force and stress losses in training).
+
+    Args:
+        model: module with ``forward(species, edge_vec, edge_index, batch) -> [N]``.
+        cutoff: neighbour cutoff, Å (must equal the model's ``r_max``).
+        species: atomic numbers the model knows, in the order of its species indices.
+        e0: per-species isolated-atom energies, eV (default zeros).
+        scale: per-species (or one) scale of the model output, eV.
+        shift: per-species (or one) shift of the per-atom energy, eV (lone atoms included).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cutoff: float,
+        species: Sequence[int],
+        e0: Sequence[float] | None = None,
+        scale: float | Sequence[float] = 1.0,
+        shift: float | Sequence[float] = 0.0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.cutoff = float(cutoff)
+        species = [int(z) for z in species]
+        if len(set(species)) != len(species):
+            raise ValueError(f"species has duplicates: {species}")
+        n = len(species)
+        dtype = torch.get_default_dtype()
+        index = torch.full((119,), -1, dtype=torch.long)
+        index[torch.tensor(species)] = torch.arange(n)
+        self.register_buffer("species", torch.tensor(species, dtype=torch.long))
+        self.register_buffer("species_index", index)
+        self.register_buffer("e0", _per_species(e0 if e0 is not None else 0.0, n, "e0", dtype))
+        self.register_buffer("scale", _per_species(scale, n, "scale", dtype))
+        self.register_buffer("shift", _per_species(shift, n, "shift", dtype))
+
+    @property
+    def elements(self) -> list[str]:
+        """Chemical symbols the model knows."""
+        return [chemical_symbols[z] for z in self.species.tolist()]
+
+    def species_of(self, z: Tensor) -> Tensor:
+        """Atomic numbers ``[N]`` -> species indices ``[N]``; unknown elements raise."""
+        idx = self.species_index[z.clamp(0, 118)]
+        if bool((idx < 0).any()) or bool((z > 118).any()):
+            unknown = sorted({int(v) for v in z[(idx < 0) | (z > 118)].tolist()})
+            names = ", ".join(
+                f"{chemical_symbols[v] if 0 < v <= 118 else '?'} (Z={v})" for v in unknown
+            )
+            raise UnknownElementError(
+                f"element {names} is not known to this model, which knows {', '.join(self.elements)}"
+            )
+        return idx
+
+    def isolated_atom_output(self) -> Tensor:
+        """The model's raw output ``[S]`` for one lone atom of each species."""
+        n = self.species.shape[0]
+        device = self.species.device
+        return self.model(
+            torch.arange(n, device=device),
+            self.e0.new_zeros(0, 3),
+            torch.zeros(2, 0, dtype=torch.long, device=device),
+            torch.arange(n, device=device),
+        )
+
+    def forward(
+        self,
+        batch,
+        forces: bool = True,
+        stress: bool = False,
+        create_graph: bool | None = None,
+    ) -> dict[str, Tensor]:
+        """Predictions for a ``torch_geometric`` batch with the fields of :mod:`mlip.keys`.
+
+        Returns ``energy [B]`` eV, ``node_energy [N]`` eV, and when asked ``forces [N, 3]`` eV/Å
+        and ``stress [B, 3, 3]`` eV/Å³ (ASE sign; zero for structures without a cell volume).
+        ``create_graph`` defaults to ``self.training`` (needed for force losses).
+        """
+        if create_graph is None:
+            create_graph = self.training
+        dtype = self.e0.dtype
+        pos = batch[keys.POS].to(dtype)
+        cell = batch[keys.CELL].to(dtype).reshape(-1, 3, 3)
+        graph_of_atom = (
+            batch[keys.BATCH] if keys.BATCH in batch else torch.zeros_like(batch[keys.Z])
+        )
+        num_graphs = cell.shape[0]
+        src, dst = batch[keys.EDGE_INDEX][0], batch[keys.EDGE_INDEX][1]
+        species = self.species_of(batch[keys.Z])
+
+        inputs = []
+        if forces:
+            pos = pos.detach().requires_grad_(True)
+            inputs.append(pos)
+        if stress:
+            strain = torch.zeros(
+                num_graphs, 3, 3, dtype=dtype, device=pos.device, requires_grad=True
+            )
+            sym = 0.5 * (strain + strain.transpose(1, 2))
+            pos = pos + torch.einsum("ni,nij->nj", pos, sym[graph_of_atom])
+            cell = cell + torch.bmm(cell, sym)
+            inputs.append(strain)
+        shifts = batch[keys.SHIFTS].to(dtype)
+        edge_vec = (
+            pos[src] - pos[dst] + torch.einsum("ei,eij->ej", shifts, cell[graph_of_atom[dst]])
+        )
+
+        out = self.model(species, edge_vec, batch[keys.EDGE_INDEX], graph_of_atom)
+        out = out - self.isolated_atom_output()[species]
+        node_energy = out * self.scale[species] + self.shift[species] + self.e0[species]
+        energy = node_energy.new_zeros(num_graphs).index_add(0, graph_of_atom, node_energy)
+        result = {keys.ENERGY: energy, keys.NODE_ENERGY: node_energy}
+        if inputs:
+            grads = torch.autograd.grad(
+                energy.sum(), inputs, create_graph=create_graph, allow_unused=True
+            )
+            grads = [
+                torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads, strict=True)
+            ]
+            if forces:
+                result[keys.FORCES] = -grads[0]
+            if stress:
+                volume = torch.linalg.det(batch[keys.CELL].to(dtype).reshape(-1, 3, 3)).abs()
+                safe = torch.where(volume > 0, volume, torch.ones_like(volume))
+                result[keys.STRESS] = torch.where(
+                    (volume > 0)[:, None, None],
+                    grads[-1] / safe[:, None, None],
+                    torch.zeros_like(grads[-1]),
+                )
+        return result
+
+
+def _per_species(value: float | Sequence[float], n: int, name: str, dtype: torch.dtype) -> Tensor:
+    t = torch.as_tensor(value, dtype=dtype)
+    if t.ndim == 0:
+        return t.repeat(n)
+    if t.shape != (n,):
+        raise ValueError(f"{name} has {t.numel()} values for {n} species")
+    return t.clone()

@@ -1,0 +1,109 @@
+"""Radial functions: per-edge weights from interatomic distances.
+
+``SplineRadial`` (the Facet choice) is linear in a cubic B-spline basis times a smooth envelope:
+one ``[E, K] x [K, W]`` product. ``BesselMLPRadial`` (the MACE/NequIP choice) feeds sine-Bessel
+functions through an MLP; it is kept for ablations and for the MACE-like model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def polynomial_envelope(r: Tensor, r_max: float, p: int = 5) -> Tensor:
+    """Smooth cutoff ``u(r)``: 1 at r=0, and 0 with zero first and second derivative at ``r_max``.
+
+    ``r`` in Å, any shape; returns the same shape (DimeNet's polynomial of degree ``p + 2``).
+    """
+    x = r / r_max
+    u = (
+        1.0
+        - (p + 1) * (p + 2) / 2 * x**p
+        + p * (p + 2) * x ** (p + 1)
+        - p * (p + 1) / 2 * x ** (p + 2)
+    )
+    return u * (x < 1.0)
+
+
+def cubic_bspline_basis(r: Tensor, r_max: float, num_basis: int) -> Tensor:
+    """Uniform cubic B-splines centred on ``num_basis`` knots spread over ``[0, r_max]``.
+
+    ``r [E]`` in Å -> ``[E, num_basis]``; at most four entries per row are non-zero and the basis
+    is twice continuously differentiable.
+    """
+    spacing = r_max / (num_basis - 1)
+    centres = torch.arange(num_basis, dtype=r.dtype, device=r.device) * spacing
+    t = ((r.unsqueeze(-1) - centres) / spacing).abs()
+    inner = 2.0 / 3.0 - t**2 + 0.5 * t**3
+    outer = (2.0 - t).clamp(min=0.0) ** 3 / 6.0
+    return torch.where(t < 1.0, inner, outer)
+
+
+class SplineRadial(nn.Module):
+    """Per-edge weights linear in a cubic B-spline basis, times a smooth envelope.
+
+    Args:
+        r_max: cutoff radius, Å.
+        num_out: number of weights per edge (paths x channels).
+        num_basis: number of B-spline knots ``K``.
+    """
+
+    def __init__(self, r_max: float, num_out: int, num_basis: int = 10) -> None:
+        super().__init__()
+        self.r_max = float(r_max)
+        self.num_basis = num_basis
+        self.weight = nn.Parameter(torch.randn(num_basis, num_out) * math.sqrt(3.0 / num_basis))
+
+    def forward(self, r: Tensor) -> Tensor:
+        """``r [E]`` Å -> weights ``[E, num_out]``."""
+        basis = cubic_bspline_basis(r, self.r_max, self.num_basis)
+        return (basis * polynomial_envelope(r, self.r_max).unsqueeze(-1)) @ self.weight
+
+
+class BesselMLPRadial(nn.Module):
+    """Sine-Bessel basis ``sin(n pi r / r_max) / r`` times the envelope, then an MLP (SiLU).
+
+    Args:
+        r_max: cutoff radius, Å.
+        num_out: number of weights per edge.
+        num_basis: number of Bessel functions.
+        hidden: hidden widths of the MLP, e.g. ``(64, 64, 64)``.
+    """
+
+    def __init__(
+        self,
+        r_max: float,
+        num_out: int,
+        num_basis: int = 8,
+        hidden: tuple[int, ...] | list[int] = (64, 64, 64),
+    ) -> None:
+        super().__init__()
+        self.r_max = float(r_max)
+        self.register_buffer(
+            "frequencies", torch.arange(1, num_basis + 1, dtype=torch.get_default_dtype()) * math.pi
+        )
+        layers: list[nn.Module] = []
+        width = num_basis
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.SiLU()]
+            width = h
+        layers.append(nn.Linear(width, num_out, bias=False))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, r: Tensor) -> Tensor:
+        """``r [E]`` Å -> weights ``[E, num_out]``."""
+        x = r.unsqueeze(-1)
+        basis = math.sqrt(2.0 / self.r_max) * torch.sin(self.frequencies * x / self.r_max) / x
+        return self.mlp(basis * polynomial_envelope(x, self.r_max))
+
+
+def make_radial(kind: str, r_max: float, num_out: int, num_basis: int) -> nn.Module:
+    """Radial module by name: ``"spline"`` or ``"bessel_mlp"``."""
+    if kind == "spline":
+        return SplineRadial(r_max, num_out, num_basis)
+    if kind == "bessel_mlp":
+        return BesselMLPRadial(r_max, num_out, num_basis)
+    raise ValueError(f"unknown radial {kind!r}: expected 'spline' or 'bessel_mlp'")

@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny float64 models of every family and small periodic/molecular structures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk, molecule
+
+import mlip
+from mlip.nn import Facet
+
+SPECIES = [1, 6, 8, 14]  # H, C, O, Si
+CUTOFF = 4.0
+
+
+def make_model(family: str, **overrides) -> torch.nn.Module:
+    """A tiny float64 model of ``family`` whose outputs depend on every layer."""
+    if family == "facet":
+        kwargs = dict(
+            num_species=len(SPECIES),
+            r_max=CUTOFF,
+            channels=[8, 4, 4],
+            l_sh=2,
+            num_layers=2,
+            grid_channels=4,
+            grid_hidden=8,
+            grid_heads=2,
+            avg_num_neighbors=8.0,
+            gamma_init=0.7,
+        )
+        kwargs.update(overrides)
+        return Facet(**kwargs)
+    raise ValueError(family)
+
+
+MODEL_FAMILIES = ["facet"]
+
+
+@pytest.fixture(params=MODEL_FAMILIES)
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def potential(family) -> mlip.Potential:
+    torch.manual_seed(0)
+    with default_dtype(torch.float64):
+        model = make_model(family)
+        return mlip.Potential(model, CUTOFF, SPECIES, e0=[-1.0, -2.0, -3.0, -4.0], scale=[1.5] * 4)
+
+
+class default_dtype:
+    """Context manager setting torch's default dtype."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+    def __enter__(self) -> None:
+        self.old = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+
+    def __exit__(self, *exc) -> None:
+        torch.set_default_dtype(self.old)
+
+
+def rattled_silicon(seed: int = 0) -> Atoms:
+    """Diamond Si conventional cell (8 atoms), rattled and sheared so nothing is symmetric."""
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    cell = atoms.cell.array @ (np.eye(3) + 0.03 * np.random.default_rng(seed).normal(size=(3, 3)))
+    atoms.set_cell(cell, scale_atoms=True)
+    atoms.rattle(0.15, seed=seed)
+    return atoms
+
+
+def ethanol(seed: int = 0) -> Atoms:
+    atoms = molecule("CH3CH2OH")
+    atoms.rattle(0.05, seed=seed)
+    return atoms
