@@ -6,8 +6,9 @@ import torch
 # torch >= 2.6 refuses under weights_only unless `slice` is an allowed global. `slice` carries no code.
 torch.serialization.add_safe_globals([slice])
 
-from mlip.nn.potential import Potential  # noqa: E402
-
 __version__ = "0.1.0"
 
-__all__ = ["Potential", "__version__"]
+from mlip.export import load_model, save_model  # noqa: E402
+from mlip.nn.potential import Potential  # noqa: E402
+
+__all__ = ["Potential", "load_model", "save_model", "__version__"]

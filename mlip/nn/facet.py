@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mlip.nn.config import constructor_config
 from mlip.nn.layers import Convolution, EquivariantNorm, GridMixing
 from mlip.nn.sphere import default_grid_size, spherical_harmonics
 
@@ -53,6 +54,7 @@ class Facet(nn.Module):
         readout_hidden: int = 16,
     ) -> None:
         super().__init__()
+        self.config = constructor_config(locals())
         channels = list(channels)
         l_max = len(channels) - 1
         grid_size = tuple(grid_size) if grid_size is not None else default_grid_size(l_max)

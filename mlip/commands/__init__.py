@@ -1,0 +1,1 @@
+"""One module per `mlip` sub-command: each has `main(argv) -> exit status`."""

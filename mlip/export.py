@@ -1,0 +1,119 @@
+"""One self-contained model file: ``save_model`` and ``load_model``.
+
+The file is a ``torch.save`` of plain containers (no pickled classes): the model's class name and
+constructor config, the potential's cutoff, species, E0s, scale and shift (in its state dict), the
+weights, dtype, units, the mlip version and free-form JSON-able metadata (training data, errors).
+It loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import mlip
+from mlip.nn.potential import Potential
+
+FORMAT = "mlip-model"
+FORMAT_VERSION = 1
+UNITS = {"energy": "eV", "length": "Å", "forces": "eV/Å", "stress": "eV/Å³"}
+# model classes a file may name; nothing outside this table is ever imported by load_model
+MODEL_CLASSES = {"Facet": "mlip.nn.facet", "MACE": "mlip.nn.mace"}
+
+
+class ModelFileError(ValueError):
+    """A model file that is missing, corrupt, truncated or from a newer mlip."""
+
+
+def save_model(potential: Potential, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Write ``potential`` to ``path`` atomically (a crash never leaves a half-written file)."""
+    model = potential.model
+    name = type(model).__name__
+    if name not in MODEL_CLASSES or not hasattr(model, "config"):
+        raise TypeError(f"cannot export a {name}: known model classes are {sorted(MODEL_CLASSES)}")
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "mlip_version": mlip.__version__,
+        "model_class": name,
+        "model_config": model.config,
+        "cutoff": potential.cutoff,
+        "species": potential.species.tolist(),
+        "dtype": str(potential.e0.dtype).removeprefix("torch."),
+        "units": UNITS,
+        "metadata": metadata or {},
+        "state_dict": {k: v.detach().cpu() for k, v in potential.state_dict().items()},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw contents of a model file, validated; raises :class:`ModelFileError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise ModelFileError(
+            f"{path}: not a readable mlip model file (corrupt or truncated?): {exc}"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not an mlip model file")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: written by mlip {payload.get('mlip_version')} in model-file format {version}; "
+            f"this mlip {mlip.__version__} reads format {FORMAT_VERSION}. Upgrade mlip."
+        )
+    if payload.get("model_class") not in MODEL_CLASSES:
+        raise ModelFileError(f"{path}: unknown model class {payload.get('model_class')!r}")
+    return payload
+
+
+def load_model(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
+) -> Potential:
+    """Rebuild the :class:`~mlip.nn.potential.Potential` stored in ``path``, in eval mode.
+
+    ``dtype`` defaults to the dtype the model was saved in (``"float32"`` / ``"float64"`` or a
+    ``torch.dtype`` select another).
+    """
+    payload = read_model_file(path)
+    module = importlib.import_module(MODEL_CLASSES[payload["model_class"]])
+    cls = getattr(module, payload["model_class"])
+    saved_dtype = getattr(torch, payload["dtype"])
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(saved_dtype)
+    try:
+        model = cls(**payload["model_config"])
+        potential = Potential(model, payload["cutoff"], payload["species"])
+    finally:
+        torch.set_default_dtype(old)
+    try:
+        potential.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise ModelFileError(f"{path}: weights do not fit the stored config: {exc}") from None
+    potential.metadata = payload["metadata"]
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    return potential.to(device=device, dtype=dtype or saved_dtype).eval()

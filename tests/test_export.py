@@ -1,0 +1,70 @@
+"""Model files: round trip, atomic writes, and clear errors for bad files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mlip
+from mlip.data import atoms_to_batch
+from mlip.export import ModelFileError, read_model_file
+
+from .conftest import CUTOFF, ethanol, rattled_silicon
+
+
+def test_round_trip_gives_same_predictions(potential, tmp_path):
+    path = mlip.save_model(potential, tmp_path / "model.pt", metadata={"note": "test"})
+    loaded = mlip.load_model(path)
+    batch = atoms_to_batch([rattled_silicon(), ethanol()], CUTOFF, dtype=torch.float64)
+    a = potential(batch, forces=True, stress=True)
+    b = loaded(batch, forces=True, stress=True)
+    for key in ("energy", "forces", "stress"):
+        assert torch.allclose(a[key], b[key], rtol=0, atol=1e-12)
+    assert loaded.metadata == {"note": "test"}
+    assert loaded.elements == ["H", "C", "O", "Si"]
+    assert not any(p.requires_grad is False for p in loaded.parameters())
+    assert read_model_file(path)["dtype"] == "float64"
+    as32 = mlip.load_model(path, dtype="float32")
+    assert as32.e0.dtype == torch.float32
+    e32 = as32(atoms_to_batch([ethanol()], CUTOFF), forces=False)["energy"]
+    assert abs(float(e32[0]) - float(a["energy"][1])) < 1e-4 * abs(float(a["energy"][1]))
+
+
+def test_missing_truncated_and_foreign_files(potential, tmp_path):
+    with pytest.raises(ModelFileError, match="no such model file"):
+        mlip.load_model(tmp_path / "absent.pt")
+    path = mlip.save_model(potential, tmp_path / "model.pt")
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="corrupt or truncated"):
+        mlip.load_model(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(ModelFileError, match="not an mlip model file"):
+        mlip.load_model(foreign)
+
+
+def test_newer_format_is_refused(potential, tmp_path):
+    path = mlip.save_model(potential, tmp_path / "model.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = 99
+    payload["mlip_version"] = "9.0.0"
+    torch.save(payload, path)
+    with pytest.raises(ModelFileError, match="mlip 9.0.0 .* format 99.*Upgrade"):
+        mlip.load_model(path)
+
+
+def test_save_is_atomic(potential, tmp_path, monkeypatch):
+    """A crash during the write leaves the previous file intact and no temporary behind."""
+    path = mlip.save_model(potential, tmp_path / "model.pt")
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        mlip.save_model(potential, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
