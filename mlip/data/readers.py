@@ -127,12 +127,13 @@ def _labelled_frames(
 ) -> Iterator[Atoms]:
     """Label every raw ``(file, frame number, atoms)``; an empty result is an error where the
     selection could not be empty on a good file (one integer index, or everything)."""
-    n = 0
-    for n, (file, frame, atoms) in enumerate(frames, 1):
+    empty = True
+    for file, frame, atoms in frames:
+        empty = False
         yield _labelled(atoms, f"{file}, frame {frame}", keys, required)
-    if n == 0 and isinstance(index, int):
+    if empty and isinstance(index, int):
         raise DataError(f"{path}: no frame {index}")
-    if n == 0 and index == slice(None):
+    if empty and index == slice(None):
         raise DataError(f"{path}: contains no frames")
 
 
@@ -239,7 +240,9 @@ def _labelled(atoms: Atoms, where: str, keys: LabelKeys, required: tuple[str, ..
             found[name] = _scalar(value, getattr(keys, name), where)
     for name in required:
         if name not in found:
-            sought = f"{keys.stress} or {keys.virial}" if name == "stress" else getattr(keys, name)
+            sought = repr(getattr(keys, name))
+            if name == "stress":
+                sought = f"{keys.stress!r} or {keys.virial!r}"
             raise DataError(f"{where}: {name} missing (looked for {sought})")
 
     for key in (keys.energy, keys.stress, keys.virial, keys.charge, keys.spin):
