@@ -1,0 +1,97 @@
+"""Radial bases, the spherical grid and single equivariant layers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from e3nn import o3
+
+from mlip.nn.layers import Convolution, EquivariantNorm, GridMixing
+from mlip.nn.radial import cubic_bspline_basis, polynomial_envelope
+from mlip.nn.sphere import (
+    SphericalGrid,
+    default_grid_size,
+    exact_grid_size,
+    gauss_legendre_grid,
+    spherical_harmonics,
+)
+
+from .conftest import default_dtype
+
+
+def test_bspline_partition_of_unity_and_smoothness():
+    r = torch.linspace(1.0, 5.0, 101, dtype=torch.float64, requires_grad=True)
+    basis = cubic_bspline_basis(r, 6.0, 13)  # interior knots cover [1, 5] fully
+    assert torch.allclose(basis.sum(-1), torch.ones_like(r), atol=1e-12)
+    assert int((basis > 0).sum(-1).max()) <= 4
+    (d2,) = torch.autograd.grad(basis[:, 6].sum(), r, create_graph=True)
+    (dd2,) = torch.autograd.grad(d2.sum(), r)
+    assert dd2.abs().max() < 10.0  # C2: a finite, bounded second derivative
+
+
+def test_envelope_vanishes_smoothly_at_cutoff():
+    r = torch.tensor([0.0, 5.999999, 6.0, 7.0], dtype=torch.float64, requires_grad=True)
+    u = polynomial_envelope(r, 6.0)
+    (du,) = torch.autograd.grad(u.sum(), r, create_graph=True)
+    (ddu,) = torch.autograd.grad(du.sum(), r)
+    assert float(u[0]) == 1.0 and float(u[2]) == 0.0 and float(u[3]) == 0.0
+    assert abs(float(u[1])) < 1e-12 and abs(float(du[1])) < 1e-8 and abs(float(ddu[1])) < 1e-4
+
+
+@pytest.mark.parametrize("n_beta, n_alpha", [(4, 7), (10, 19)])
+def test_quadrature_integrates_polynomials_exactly(n_beta, n_alpha):
+    points, weights = gauss_legendre_grid(n_beta, n_alpha)
+    assert weights.sum().item() == pytest.approx(4 * math.pi, abs=1e-12)
+    x, y, z = points.T
+    degree = min(2 * n_beta - 1, n_alpha - 1)
+    # integral of z^2k over the sphere is 4 pi / (2k + 1); x^2 y^2 integrates to 4 pi / 15
+    for k in range(degree // 2 + 1):
+        assert float((weights * z ** (2 * k)).sum()) == pytest.approx(
+            4 * math.pi / (2 * k + 1), abs=1e-12
+        )
+    assert float((weights * x**2 * y**2).sum()) == pytest.approx(4 * math.pi / 15, abs=1e-12)
+
+
+def test_grid_round_trip_is_exact():
+    with default_dtype(torch.float64):
+        grid = SphericalGrid(3, *default_grid_size(3))
+    x = torch.randn(5, 16, dtype=torch.float64)
+    assert torch.allclose(grid.from_grid(grid.to_grid(x)), x, atol=1e-12)
+
+
+def _wigner(rotation):
+    return [o3.Irrep(l, (-1) ** l).D_from_matrix(rotation) for l in range(3)]
+
+
+def _rotate(h, d):
+    return [torch.einsum("ij,ncj->nci", d[l], x) for l, x in enumerate(h)]
+
+
+def _error(a, b) -> float:
+    return max(float((x - y).abs().max() / y.abs().max()) for x, y in zip(a, b, strict=True))
+
+
+def test_layers_are_equivariant_including_reflections():
+    torch.manual_seed(0)
+    channels = [8, 4, 4]
+    with default_dtype(torch.float64):
+        exact = GridMixing(channels, 4, 8, 2, exact_grid_size(2, 2), "poly2")
+        silu = GridMixing(channels, 4, 8, 2, default_grid_size(2), "silu")
+        norm = EquivariantNorm(channels)
+        conv = Convolution(channels, channels, 2, 5.0)
+    h = [torch.randn(6, c, 2 * l + 1, dtype=torch.float64) for l, c in enumerate(channels)]
+    vec = torch.randn(20, 3, dtype=torch.float64) * 2
+    edges = torch.randint(0, 6, (2, 20))
+    for rotation in (o3.rand_matrix(dtype=torch.float64), -o3.rand_matrix(dtype=torch.float64)):
+        d = _wigner(rotation)
+        assert _error(exact(_rotate(h, d)), _rotate(exact(h), d)) < 1e-12
+        assert _error(norm(_rotate(h, d)), _rotate(norm(h), d)) < 1e-12
+        assert _error(silu(_rotate(h, d)), _rotate(silu(h), d)) < 1e-4  # aliasing, measured ~5e-6
+        one = torch.tensor(1.0, dtype=torch.float64)
+        sh, sh_rot = spherical_harmonics(2, vec), spherical_harmonics(2, vec @ rotation.T)
+        out = conv(_rotate(h, d), sh_rot, vec.norm(dim=1), edges, one)
+        assert _error(out, _rotate(conv(h, sh, vec.norm(dim=1), edges, one), d)) < 1e-12
+    # the pseudo-vector path (1o x 1o -> 1e) is excluded: mirror images are not distinguished
+    assert all((l1 + l2 + l3) % 2 == 0 for l1, paths in conv.groups for l2, l3 in paths)
