@@ -32,10 +32,27 @@ def make_model(family: str, **overrides) -> torch.nn.Module:
         )
         kwargs.update(overrides)
         return Facet(**kwargs)
+    if family == "mace":
+        from mlip.nn.mace import MACE
+
+        # the grid product is exact by construction: Facet's grid options do not apply
+        overrides = {k: v for k, v in overrides.items() if not k.startswith("grid_")}
+        kwargs = dict(
+            num_species=len(SPECIES),
+            r_max=CUTOFF,
+            channels=[8, 4],
+            l_sh=2,
+            num_layers=2,
+            correlation=3,
+            radial_mlp=[8, 8],
+            avg_num_neighbors=8.0,
+        )
+        kwargs.update(overrides)
+        return MACE(**kwargs)
     raise ValueError(family)
 
 
-MODEL_FAMILIES = ["facet"]
+MODEL_FAMILIES = ["facet", "mace"]
 
 
 @pytest.fixture(params=MODEL_FAMILIES)
