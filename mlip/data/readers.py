@@ -7,6 +7,8 @@ fresh ``ase.Atoms`` whose ``SinglePointCalculator`` holds the labels found, unde
 units: ``energy`` (eV), ``forces`` ([N, 3] eV/Å) and ``stress`` ([6] eV/Å³, Voigt order xx, yy, zz,
 yz, xz, xy, ASE sign: positive = tensile); ``atoms.info["charge"]`` (e) and ``atoms.info["spin"]``
 (multiplicity 2S+1) are floats. Anything wrong raises :class:`DataError` naming file, frame and key.
+A ``.json`` file in the MPtrj layout is read by :mod:`mlip.data.mptrj` (``keys.energy`` picks its
+energy label); other ``.json`` files are ASE JSON databases, read by ``ase.io``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from ase.db.core import Database
 from ase.io.formats import string2index
 from ase.stress import full_3x3_to_voigt_6_stress
 from ase_db_backends.aselmdb import LMDBDatabase
+
+from mlip.data.mptrj import is_mptrj, iter_mptrj
 
 LABELS = ("energy", "forces", "stress", "charge", "spin")
 """Canonical label names, the values ``required`` may contain."""
@@ -89,11 +93,15 @@ def iter_frames(
         raise DataError(f"{path}: file is empty")
     else:
         files = [path]
+    keys = keys or LabelKeys()
     if path.is_dir() or path.suffix in (".db", ".aselmdb"):
         frames = _database_frames(files, selection)
+    elif path.suffix == ".json" and is_mptrj(path):
+        frames = iter_mptrj(path, selection, energy=keys.energy)
+        keys = LabelKeys()  # MPtrj labels come under canonical names; keys.energy chose one
     else:
         frames = _file_frames(path, selection)
-    return _labelled_frames(frames, path, index, keys or LabelKeys(), tuple(required))
+    return _labelled_frames(frames, path, index, keys, tuple(required))
 
 
 def read_frames(
