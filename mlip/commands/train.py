@@ -1,0 +1,55 @@
+"""``mlip train [hydra overrides]``: train a model as ``conf/train.yaml`` composes it.
+
+Everything after ``train`` goes to Hydra: overrides such as ``trainer.max_epochs=50``, group choices
+such as ``logger=wandb``, and Hydra's own flags (``--help``, ``--cfg job``, ``--config-dir``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from mlip.data.readers import DataError
+from mlip.train import CONF_DIR
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run Hydra on ``argv`` (the arguments after ``mlip train``); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    program = sys.argv[0]
+    # Lightning's DDP launcher starts the other processes by rerunning sys.argv (plus Hydra's run
+    # directory), so while training sys.argv must be the full `mlip train ...` command line.
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    command = argv if spec is not None and spec.name == "mlip.commands.train" else ["train", *argv]
+    saved = list(sys.argv)
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+    def run(cfg: DictConfig) -> None:
+        # Lightning is imported only when training, not for --help or --cfg
+        from mlip.train.module import NonFiniteLossError
+        from mlip.train.runner import train
+
+        sys.argv = [program, *command]
+        try:
+            train(cfg)
+        except (DataError, FileNotFoundError) as err:
+            print(f"mlip train: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except NonFiniteLossError as err:
+            print(f"mlip train: stopped: {err}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+    sys.argv = [program, *argv]
+    try:
+        run()
+    except SystemExit as done:  # Hydra exits after --help; failures above exit with a status
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    finally:
+        sys.argv = saved
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

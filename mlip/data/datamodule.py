@@ -1,0 +1,267 @@
+"""Lightning DataModule: read and check every file, split, build graphs, compute statistics, batch.
+
+All data is read, checked and turned into graphs in :meth:`AtomsDataModule.setup`, before any
+training step: a missing label, a malformed frame, NaN forces or an element that only the test set
+holds stops the run with a :class:`~mlip.data.readers.DataError` naming the file and frame.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from ase import Atoms
+from ase.data import chemical_symbols
+from ase.io.formats import string2index
+from torch_geometric.data import Data
+from torch_geometric.loader import DataLoader
+
+from mlip.data.graph import atoms_to_graph
+from mlip.data.readers import DataError, LabelKeys, iter_frames
+from mlip.data.stats import DatasetStatistics, compute_statistics, is_isolated_atom
+
+Paths = str | os.PathLike | Sequence[str | os.PathLike]
+
+
+@dataclass
+class Split:
+    """Frames of one split with where each came from (``"file, frame k"``) and their graphs."""
+
+    frames: list[Atoms]
+    sources: list[str]
+    graphs: list[Data]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+class AtomsDataModule(pl.LightningDataModule):
+    """Train/validation/test graphs from labelled structure files.
+
+    Validation and test sets come from their own files when given, else from a seeded random
+    split of the training files (test first, then validation). Isolated-atom frames (see
+    :func:`mlip.data.stats.is_isolated_atom`) in the training files, and all frames of
+    ``isolated_atoms``, give per-element E0s and are not trained on; the other elements' E0s are
+    fitted by least squares. The statistics (:attr:`statistics`) come from the training split only.
+
+    Args:
+        train: training file(s); any format :func:`mlip.data.readers.iter_frames` reads.
+        cutoff: neighbour cutoff, Å.
+        val: validation file(s), or None to split ``val_fraction`` off the training files.
+        test: test file(s), or None to split ``test_fraction`` off the training files.
+        val_fraction: fraction of training frames held out for validation (without ``val``).
+        test_fraction: fraction of training frames held out for testing (without ``test``).
+        split_seed: seed of the random split.
+        isolated_atoms: file(s) of isolated-atom frames giving E0s, or None.
+        label_keys: names of the labels in the files (default :class:`LabelKeys`).
+        required: labels every frame must have (from :data:`mlip.data.readers.LABELS`).
+        index: frames to read from each file, as ``ase.io.read`` takes it (``":"``, ``":100"``).
+        batch_size: structures per training batch (per process in data-parallel runs).
+        eval_batch_size: structures per validation/test batch (default ``2 * batch_size``).
+        shuffle: shuffle the training set every epoch.
+        num_workers: data-loading worker processes.
+        dtype: ``"float32"`` or ``"float64"``, the dtype of positions and labels.
+    """
+
+    def __init__(
+        self,
+        train: Paths,
+        cutoff: float,
+        val: Paths | None = None,
+        test: Paths | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_seed: int = 0,
+        isolated_atoms: Paths | None = None,
+        label_keys: LabelKeys | None = None,
+        required: Sequence[str] = ("energy", "forces"),
+        index: str = ":",
+        batch_size: int = 4,
+        eval_batch_size: int | None = None,
+        shuffle: bool = True,
+        num_workers: int = 0,
+        dtype: str = "float32",
+    ) -> None:
+        super().__init__()
+        for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0.0 <= fraction < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {fraction}")
+        if val_fraction + test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must be below 1")
+        self.train_paths = _as_paths(train)
+        self.val_paths = _as_paths(val)
+        self.test_paths = _as_paths(test)
+        self.isolated_paths = _as_paths(isolated_atoms)
+        self.cutoff = float(cutoff)
+        self.val_fraction = float(val_fraction)
+        self.test_fraction = float(test_fraction)
+        self.split_seed = int(split_seed)
+        self.label_keys = label_keys or LabelKeys()
+        self.required = tuple(required)
+        self.index = index
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or 2 * batch_size)
+        self.shuffle = bool(shuffle)
+        self.num_workers = int(num_workers)
+        self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        self.splits: dict[str, Split] = {}
+        self.isolated: list[Atoms] = []
+        self.statistics: DatasetStatistics | None = None
+
+    # -- reading and checking -------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read, check, split and convert everything (once; later calls do nothing)."""
+        if self.statistics is not None:
+            return
+        frames, sources = self._read(self.train_paths, self.required)
+        isolated = [k for k, atoms in enumerate(frames) if is_isolated_atom(atoms, self.cutoff)]
+        self.isolated = [frames[k] for k in isolated]
+        if self.isolated_paths:
+            self.isolated += self._read(self.isolated_paths, ("energy",))[0]
+        keep = sorted(set(range(len(frames))) - set(isolated))
+        frames, sources = [frames[k] for k in keep], [sources[k] for k in keep]
+        if not frames:
+            raise DataError(f"{_names(self.train_paths)}: no training frames (isolated atoms only)")
+
+        parts = {"test": self.test_paths, "val": self.val_paths}
+        fractions = {"test": self.test_fraction, "val": self.val_fraction}
+        order = np.random.default_rng(self.split_seed).permutation(len(frames))
+        held: dict[str, tuple[list[Atoms], list[str]]] = {}
+        for name in ("test", "val"):
+            if parts[name]:
+                held[name] = self._read(parts[name], self.required)
+                continue
+            n = int(round(fractions[name] * len(frames)))
+            if fractions[name] > 0 and n == 0 and len(order) > 1:
+                n = 1
+            chosen, order = order[:n], order[n:]
+            held[name] = ([frames[k] for k in chosen], [sources[k] for k in chosen])
+        rest = sorted(order.tolist())
+        held["train"] = ([frames[k] for k in rest], [sources[k] for k in rest])
+        if not held["train"][0]:
+            raise DataError(
+                f"{_names(self.train_paths)}: no frames left for training after the split"
+            )
+
+        known = {int(z) for atoms in held["train"][0] + self.isolated for z in atoms.numbers}
+        for name in ("val", "test"):
+            for atoms, source in zip(*held[name], strict=True):
+                unknown = sorted(set(atoms.numbers.tolist()) - known)
+                if unknown:
+                    symbols = ", ".join(chemical_symbols[z] for z in unknown)
+                    raise DataError(
+                        f"{source}: element {symbols} of the {name} set is not in the training data"
+                    )
+        for name in ("train", "val", "test"):
+            frames_, sources_ = held[name]
+            self.splits[name] = Split(frames_, sources_, self._graphs(frames_, sources_))
+        train = self.splits["train"]
+        self.statistics = compute_statistics(
+            train.frames,
+            [g.edge_index.shape[1] for g in train.graphs],
+            isolated=self.isolated,
+        )
+
+    def _read(self, paths: list[str], required: Sequence[str]) -> tuple[list[Atoms], list[str]]:
+        frames, sources = [], []
+        for path in paths:
+            numbers = _frame_numbers(self.index)
+            for k, atoms in enumerate(iter_frames(path, self.index, self.label_keys, required)):
+                source = f"{path}, frame {numbers[k] if numbers is not None else k}"
+                if (
+                    not np.isfinite(atoms.positions).all()
+                    or not np.isfinite(atoms.cell.array).all()
+                ):
+                    raise DataError(f"{source}: positions or cell contain NaN or inf")
+                if len(atoms) == 0:
+                    raise DataError(f"{source}: frame has no atoms")
+                frames.append(atoms)
+                sources.append(source)
+        return frames, sources
+
+    def _graphs(self, frames: list[Atoms], sources: list[str]) -> list[Data]:
+        graphs = []
+        for atoms, source in zip(frames, sources, strict=True):
+            try:
+                graphs.append(atoms_to_graph(atoms, self.cutoff, dtype=self.dtype, labels=True))
+            except (ValueError, RuntimeError) as err:
+                raise DataError(f"{source}: cannot build its graph: {err}") from err
+        return graphs
+
+    # -- loaders --------------------------------------------------------------------------------
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, self.shuffle)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, False)
+
+    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
+        self.setup()
+        return DataLoader(
+            self.splits[name].graphs,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def has(self, name: str) -> bool:
+        """Whether split ``name`` (``"train"``, ``"val"``, ``"test"``) holds any frames."""
+        self.setup()
+        return len(self.splits[name]) > 0
+
+    def describe(self) -> dict:
+        """Plain summary of the data (files, frame counts, split) for model-file metadata."""
+        self.setup()
+        out = {
+            "train_files": [str(p) for p in self.train_paths],
+            "val_files": [str(p) for p in self.val_paths],
+            "test_files": [str(p) for p in self.test_paths],
+            "isolated_atom_files": [str(p) for p in self.isolated_paths],
+            "index": self.index,
+            "split_seed": self.split_seed,
+            "val_fraction": self.val_fraction if not self.val_paths else None,
+            "test_fraction": self.test_fraction if not self.test_paths else None,
+            "cutoff": self.cutoff,
+            "num_isolated_atoms": len(self.isolated),
+        }
+        for name, split in self.splits.items():
+            out[f"num_{name}_frames"] = len(split)
+            out[f"num_{name}_atoms"] = int(sum(len(a) for a in split.frames))
+        return out
+
+
+def _as_paths(paths: Paths | None) -> list[str]:
+    if paths is None:
+        return []
+    if isinstance(paths, str | os.PathLike):
+        return [os.fspath(paths)]
+    return [os.fspath(p) for p in paths]
+
+
+def _names(paths: list[str]) -> str:
+    return ", ".join(paths)
+
+
+def _frame_numbers(index: str | int | slice) -> range | None:
+    """Positions in the file of the frames ``index`` selects, when known without reading."""
+    selection = string2index(index) if isinstance(index, str) else index
+    if isinstance(selection, int):
+        return range(selection, selection + 1) if selection >= 0 else None
+    parts = (selection.start, selection.stop, selection.step)
+    if any(v is not None and v < 0 for v in parts):
+        return None
+    return range(sys.maxsize)[selection]
+
+
+__all__ = ["AtomsDataModule", "Split"]

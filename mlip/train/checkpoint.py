@@ -1,0 +1,87 @@
+"""Checkpoint files: atomic writes, and rebuilding a potential from a checkpoint without Hydra."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from mlip.export import MODEL_CLASSES
+from mlip.nn.potential import Potential
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file in the same directory, then renames it over the
+    target (``os.replace``): a run killed during a write leaves the previous file intact."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def remove_partial_checkpoints(directory: str | os.PathLike) -> list[Path]:
+    """Delete temporary files left by a run killed while writing a checkpoint; returns them."""
+    directory = Path(directory)
+    leftovers = sorted(directory.glob(".*.ckpt.*.tmp")) if directory.is_dir() else []
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A training checkpoint, loaded with ``weights_only=True`` on the CPU."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def potential_from_checkpoint(checkpoint: dict[str, Any], ema: bool = True) -> Potential:
+    """The :class:`Potential` of a training checkpoint (its EMA weights where present and ``ema``).
+
+    Uses only the plain ``checkpoint["mlip"]`` entry (model class, constructor config, cutoff,
+    species, dtype) and the state dict: no Hydra config and no pickled code.
+    """
+    info = checkpoint.get("mlip")
+    if not isinstance(info, dict) or info.get("model_class") not in MODEL_CLASSES:
+        raise ValueError("not an mlip training checkpoint (no 'mlip' entry with a known model)")
+    module = importlib.import_module(MODEL_CLASSES[info["model_class"]])
+    cls = getattr(module, info["model_class"])
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, info["dtype"]))
+    try:
+        potential = Potential(cls(**info["model_config"]), info["cutoff"], info["species"])
+    finally:
+        torch.set_default_dtype(old)
+    state = checkpoint["state_dict"]
+    prefix = (
+        "ema.module." if ema and any(k.startswith("ema.module.") for k in state) else "potential."
+    )
+    potential.load_state_dict(
+        {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    )
+    return potential.eval()
+
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "load_checkpoint",
+    "potential_from_checkpoint",
+    "remove_partial_checkpoints",
+]

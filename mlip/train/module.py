@@ -1,0 +1,228 @@
+"""LightningModule: trains a :class:`~mlip.nn.potential.Potential` on energies, forces and stress.
+
+Optimisation is manual (one optimiser step per batch) so that the NaN guard can skip a step on every
+process at once: a non-finite loss or gradient skips the step and is counted, and
+``max_nonfinite`` consecutive ones stop the run with :class:`NonFiniteLossError` (the last
+checkpoint, written before, stays). In data-parallel runs the loss of each process is normalised by
+the global batch's label count, so gradients equal those of one process on the whole batch.
+Validation, test and export use the EMA weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+from mlip import keys
+from mlip.nn.potential import Potential
+from mlip.train.ema import ExponentialMovingAverage
+from mlip.train.loss import WeightedLoss
+from mlip.train.metrics import ErrorSums
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
+SchedulerFactory = Callable[[Optimizer], LRScheduler | ReduceLROnPlateau]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped after too many consecutive non-finite losses or gradients."""
+
+
+class PotentialModule(pl.LightningModule):
+    """Training of a potential: weighted losses, metrics, EMA, optimiser and NaN guard.
+
+    Args:
+        potential: the potential to train (built with the data statistics).
+        loss: the weighted loss.
+        optimizer: ``optimizer(params) -> Optimizer`` (a Hydra ``_partial_`` node).
+        scheduler: ``scheduler(optimizer) -> scheduler``, stepped once per epoch; a
+            ``ReduceLROnPlateau`` is stepped on ``val/loss`` (train loss without validation).
+        ema_decay: decay of the exponential moving average of the weights; None disables it.
+        gradient_clip: maximum gradient norm; None disables clipping.
+        max_nonfinite: consecutive skipped steps (non-finite loss or gradient) that stop the run.
+        metadata: plain JSON-able dict stored in checkpoints and the model file (data, statistics).
+        config: plain dict of the whole run configuration, saved as hyperparameters (logged).
+    """
+
+    def __init__(
+        self,
+        potential: Potential,
+        loss: WeightedLoss,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        ema_decay: float | None = 0.99,
+        gradient_clip: float | None = 10.0,
+        max_nonfinite: int = 10,
+        metadata: dict[str, Any] | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.potential = potential
+        self.loss_fn = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.ema = ExponentialMovingAverage(potential, ema_decay) if ema_decay else None
+        self.gradient_clip = gradient_clip
+        self.max_nonfinite = int(max_nonfinite)
+        self.metadata = dict(metadata or {})
+        self.nonfinite_steps = 0
+        self.consecutive_nonfinite = 0
+        self.errors = {"val": ErrorSums(), "test": ErrorSums()}
+        self.last_metrics: dict[str, dict[str, float]] = {}
+        if config is not None:
+            self.save_hyperparameters(config)
+
+    @property
+    def eval_potential(self) -> Potential:
+        """The potential used for validation, testing and export (the EMA copy if any)."""
+        return self.ema.module if self.ema is not None else self.potential
+
+    # -- optimisation ---------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        params = [p for p in self.potential.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+
+    def _sum_over_processes(self, value: Tensor) -> Tensor:
+        if self.trainer.world_size == 1:
+            return value
+        return self.trainer.strategy.reduce(value, reduce_op="sum")
+
+    def _predict(self, potential: Potential, batch, training: bool) -> dict[str, Tensor]:
+        stress = self.loss_fn.wants_stress() and bool(batch.has_stress.any())
+        with torch.enable_grad():
+            return potential(batch, forces=True, stress=stress, create_graph=training)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor | None:
+        optimizer = self.optimizers()
+        pred = self._predict(self.potential, batch, training=True)
+        terms = self.loss_fn.terms(pred, batch)
+        # normalise by the global batch: DDP averages gradients over processes
+        names = list(terms)
+        weight_sums = torch.stack([terms[n][1] for n in names]).detach()
+        global_sums = self._sum_over_processes(weight_sums) / self.trainer.world_size
+        loss = self.loss_fn.combine(terms, dict(zip(names, global_sums, strict=True)))
+        # every parameter takes part in the graph, so DDP sees no unused parameters
+        loss = loss + sum(0.0 * p.sum() for p in self.potential.parameters() if p.requires_grad)
+
+        if not self._finite_everywhere(loss.detach()):
+            return self._skip_step(batch_idx, "loss")
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        if self.gradient_clip:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.gradient_clip, gradient_clip_algorithm="norm"
+            )
+        grads = [p.grad for p in self.potential.parameters() if p.grad is not None]
+        if not self._finite_everywhere(torch.nn.utils.get_total_norm(grads)):
+            optimizer.zero_grad()
+            return self._skip_step(batch_idx, "gradient")
+        optimizer.step()
+        self.consecutive_nonfinite = 0
+        if self.ema is not None:
+            self.ema.update(self.potential)
+
+        size = batch[keys.ENERGY].shape[0]
+        self.log(
+            "train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=size
+        )
+        for name, (value, weight_sum) in terms.items():
+            mean = (value / weight_sum.clamp(min=1e-12)).detach()
+            self.log(f"train/loss_{name}", mean, on_step=False, on_epoch=True, batch_size=size)
+        return loss.detach()
+
+    def _finite_everywhere(self, value: Tensor) -> bool:
+        """Whether ``value`` is finite on every process (all processes get the same answer)."""
+        bad = (~torch.isfinite(value)).to(torch.float32).reshape(1)
+        return float(self._sum_over_processes(bad).item()) == 0.0
+
+    def _skip_step(self, batch_idx: int, what: str) -> None:
+        self.nonfinite_steps += 1
+        self.consecutive_nonfinite += 1
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False)
+        if self.consecutive_nonfinite >= self.max_nonfinite:
+            raise NonFiniteLossError(
+                f"{self.consecutive_nonfinite} consecutive training steps had a non-finite {what} "
+                f"(epoch {self.current_epoch}, batch {batch_idx}; {self.nonfinite_steps} skipped in "
+                "all): stopping. The last checkpoint written before this is intact; lower the "
+                "learning rate (optim.optimizer.lr), check the data, or resume from it."
+            )
+        return None
+
+    def on_train_epoch_end(self) -> None:
+        optimizer = self.optimizers()
+        self.log("lr", optimizer.param_groups[0]["lr"], on_step=False, on_epoch=True)
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            if isinstance(scheduler, ReduceLROnPlateau):
+                metrics = self.trainer.callback_metrics
+                value = metrics.get("val/loss", metrics.get("train/loss_epoch"))
+                if value is not None:
+                    scheduler.step(float(value))
+            else:
+                scheduler.step()
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        pred = self._predict(self.eval_potential, batch, training=False)
+        self.errors["val"].update(pred, batch, self.loss_fn)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        pred = self._predict(self.eval_potential, batch, training=False)
+        self.errors["test"].update(pred, batch, self.loss_fn)
+
+    def on_validation_epoch_start(self) -> None:
+        self.errors["val"].reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.errors["test"].reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_errors("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_errors("test")
+
+    def _log_errors(self, stage: str) -> None:
+        metrics = self.errors[stage].compute(self.loss_fn, self._sum_over_processes)
+        self.errors[stage].reset()
+        if self.trainer.sanity_checking or not metrics:
+            return
+        self.last_metrics[stage] = metrics
+        for name, value in metrics.items():
+            bar = name == "loss" or "rmse" in name and not name.startswith("stress")
+            self.log(f"{stage}/{name}", value, prog_bar=bar and stage == "val", sync_dist=False)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Adds a plain ``"mlip"`` entry: what rebuilds the potential without Hydra."""
+        potential = self.potential
+        checkpoint["mlip"] = {
+            "model_class": type(potential.model).__name__,
+            "model_config": potential.model.config,
+            "cutoff": potential.cutoff,
+            "species": potential.species.tolist(),
+            "dtype": str(potential.e0.dtype).removeprefix("torch."),
+            "metadata": self.metadata,
+            "metrics": self.last_metrics,
+            "nonfinite_steps": self.nonfinite_steps,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        info = checkpoint.get("mlip", {})
+        self.nonfinite_steps = int(info.get("nonfinite_steps", 0))
+        self.last_metrics = dict(info.get("metrics", {}))
+
+
+__all__ = ["NonFiniteLossError", "PotentialModule"]

@@ -1,0 +1,253 @@
+"""One training run from a composed config: data -> statistics -> model -> fit -> test -> model file.
+
+:func:`train` is what ``mlip train`` runs; :func:`compose` builds the same config from Python
+(``compose(["trainer.max_epochs=2"])``) for scripts and tests.
+
+Run directory layout (``cfg.run_dir``)::
+
+    .hydra/               the composed config and overrides (written by ``mlip train``)
+    checkpoints/last.ckpt every epoch; the run resumes from it
+    checkpoints/best.ckpt lowest validation loss
+    logs/version_<k>/     CSV metrics, one version per (re)start
+    wandb/                with logger=wandb
+    model.pt              the exported model (EMA weights of the best epoch)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from mlip.data.datamodule import AtomsDataModule
+from mlip.export import save_model
+from mlip.nn.potential import Potential
+from mlip.train import CONF_DIR
+from mlip.train.checkpoint import AtomicCheckpointIO, load_checkpoint, remove_partial_checkpoints
+from mlip.train.metrics import UNITS
+from mlip.train.module import PotentialModule
+
+
+@dataclass
+class TrainResult:
+    """What a run produced (on processes other than rank 0, ``model_path`` is None)."""
+
+    run_dir: Path
+    model_path: Path | None
+    module: PotentialModule
+    datamodule: AtomsDataModule
+    trainer: pl.Trainer
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+    """The config ``mlip train <overrides>`` would run (without the ``hydra`` node)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+def checkpoint_to_resume(run_dir: Path, resume: str | bool) -> Path | None:
+    """``run_dir/checkpoints/last.ckpt`` if the run should continue from it, else None.
+
+    ``resume``: ``"auto"`` continues when the file exists, ``True`` requires it, ``False`` starts
+    over (the directory's old checkpoints are overwritten as the new run proceeds).
+    """
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume in (False, "false", "False"):
+        return None
+    if resume in (True, "true", "True"):
+        if not last.is_file():
+            raise FileNotFoundError(f"resume=true but there is no checkpoint {last} to resume from")
+        return last
+    if resume != "auto":
+        raise ValueError(f"resume must be auto, true or false, got {resume!r}")
+    return last if last.is_file() else None
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def build_potential(cfg: DictConfig, datamodule: AtomsDataModule) -> Potential:
+    """The model of ``cfg.model`` inside a :class:`Potential`, with the data's statistics."""
+    stats = datamodule.statistics
+    with default_dtype(getattr(torch, cfg.dtype)):
+        model = instantiate(
+            cfg.model,
+            num_species=len(stats.species),
+            avg_num_neighbors=stats.avg_num_neighbors,
+            _convert_="all",
+        )
+        r_max = getattr(model, "config", {}).get("r_max", cfg.cutoff)
+        if abs(float(r_max) - float(cfg.cutoff)) > 1e-9:
+            raise ValueError(f"model r_max {r_max} differs from cutoff {cfg.cutoff}")
+        return Potential(
+            model, cfg.cutoff, stats.species, e0=stats.e0, scale=stats.scale, shift=stats.shift
+        )
+
+
+def train(cfg: DictConfig) -> TrainResult:
+    """Train, test and export as ``cfg`` says; returns the trained module and the model path."""
+    started = time.perf_counter()
+    run_dir = Path(cfg.run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    if rank_zero_only.rank == 0:
+        remove_partial_checkpoints(ckpt_dir)
+    resume_from = checkpoint_to_resume(run_dir, cfg.resume)
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule: AtomsDataModule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")  # reads and checks every file before anything trains
+    potential = build_potential(cfg, datamodule)
+    metadata = {
+        "data": datamodule.describe(),
+        "statistics": datamodule.statistics.as_dict(),
+        "run_dir": str(run_dir.resolve()),
+    }
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    module = instantiate(cfg.module, _partial_=True, _convert_="all")(
+        potential=potential,
+        loss=instantiate(cfg.loss, _convert_="all"),
+        optimizer=instantiate(cfg.optim.optimizer, _convert_="all"),
+        scheduler=instantiate(cfg.optim.scheduler, _convert_="all")
+        if cfg.optim.scheduler
+        else None,
+        metadata=metadata,
+        config=plain,
+    )
+    has_val = datamodule.has("val")
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor="val/loss" if has_val else None,
+        mode="min",
+        save_top_k=1 if has_val else 0,
+        save_last=True,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+        auto_insert_metric_name=False,
+    )
+    loggers = [instantiate(node, _convert_="all") for node in (cfg.logger or {}).values()]
+    trainer: pl.Trainer = instantiate(cfg.trainer, _partial_=True, _convert_="all")(
+        default_root_dir=run_dir,
+        logger=loggers,
+        callbacks=[checkpoint],
+        plugins=[AtomicCheckpointIO()],
+        inference_mode=False,  # forces need autograd during validation and test
+    )
+    _report_start(cfg, datamodule, potential, resume_from, trainer)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+
+    best = ckpt_dir / "best.ckpt"
+    if has_val and best.is_file():
+        best_state = load_checkpoint(best)
+        module.load_state_dict(best_state["state_dict"])
+        module.last_metrics = dict(best_state.get("mlip", {}).get("metrics", {}))
+    metrics = {k: dict(v) for k, v in module.last_metrics.items()}
+    if datamodule.has("test"):
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        metrics["test"] = dict(module.last_metrics.get("test", {}))
+
+    model_path = None
+    if trainer.is_global_zero:
+        metadata.update(
+            {
+                "errors": metrics,
+                "epochs": trainer.current_epoch,
+                "global_step": trainer.global_step,
+                "nonfinite_steps": module.nonfinite_steps,
+                "weights": "ema of best epoch" if module.ema is not None else "best epoch",
+                "config": plain,
+            }
+        )
+        model_path = save_model(module.eval_potential, run_dir / "model.pt", metadata=metadata)
+        _report_end(model_path, metrics, datamodule, time.perf_counter() - started)
+    _finish(loggers)
+    return TrainResult(run_dir, model_path, module, datamodule, trainer, metrics)
+
+
+def _finish(loggers: list) -> None:
+    """Close Weights & Biases runs (Lightning leaves them open; offline files are then complete)."""
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        import wandb
+
+        wandb.finish()
+
+
+@rank_zero_only
+def _report_start(
+    cfg: DictConfig,
+    datamodule: AtomsDataModule,
+    potential: Potential,
+    resume_from: Path | None,
+    trainer: pl.Trainer,
+) -> None:
+    stats = datamodule.statistics
+    described = datamodule.describe()
+    e0 = ", ".join(f"{el} {e:.4f}" for el, e in stats.as_dict()["e0_by_element"].items())
+    params = sum(p.numel() for p in potential.parameters())
+    print(
+        f"mlip train: run directory {Path(cfg.run_dir).resolve()}\n"
+        f"  data: {described['num_train_frames']} train / {described['num_val_frames']} val / "
+        f"{described['num_test_frames']} test frames from {', '.join(described['train_files'])}\n"
+        f"  E0 ({stats.e0_source}): {e0} eV; mean neighbours {stats.avg_num_neighbors:.2f} "
+        f"within {cfg.cutoff} Å; force RMS (scale) {stats.scale:.4f} eV/Å\n"
+        f"  model: {type(potential.model).__name__}, {params} parameters, {cfg.dtype}",
+        flush=True,
+    )
+    if resume_from is not None:
+        info = load_checkpoint(resume_from)
+        print(
+            f"  resuming from {resume_from} (after epoch {info.get('epoch')}, "
+            f"global step {info.get('global_step')})",
+            flush=True,
+        )
+
+
+def _report_end(
+    model_path: Path, metrics: dict[str, dict[str, float]], datamodule, seconds: float
+) -> None:
+    stage = "test" if metrics.get("test") else "val"
+    errors = metrics.get(stage, {})
+    lines = [f"mlip train: done in {seconds:.0f} s."]
+    if errors:
+        frames = datamodule.describe()[f"num_{stage}_frames"]
+        lines.append(
+            f"{stage.capitalize()} errors ({frames} frames, EMA weights of the best epoch):"
+        )
+        for name, unit in UNITS.items():
+            mae, rmse = errors.get(f"{name}_mae_{unit}"), errors.get(f"{name}_rmse_{unit}")
+            if mae is not None:
+                pretty = unit.replace("_per_", "/").replace("A3", "Å³").replace("A", "Å")
+                lines.append(f"  {name:<7} MAE {mae:9.2f}  RMSE {rmse:9.2f}  {pretty}")
+    path = model_path.resolve()
+    lines += [
+        f"Model file: {path}",
+        f"  relax a structure:  mlip relax --model {path} structure.cif",
+        f"  in Python:          mlip.load_model('{path}')  (an mlip.Potential)",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+__all__ = ["CONF_DIR", "TrainResult", "build_potential", "checkpoint_to_resume", "compose", "train"]

@@ -1,0 +1,85 @@
+"""A run killed with SIGKILL mid-epoch continues from its last checkpoint when rerun."""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tests.test_train import tiny
+
+STEPS_PER_EPOCH = 8  # 16 training frames, batch 2
+
+
+def run_command(run: Path) -> list[str]:
+    overrides = tiny(
+        run,
+        "data.index=57:81",  # 24 frames: 16 train / 4 val / 4 test
+        "data.val_fraction=0.17",
+        "data.test_fraction=0.17",
+        "cutoff=4.0",
+        "trainer.max_epochs=3",
+        "trainer.enable_progress_bar=true",
+    )
+    return [sys.executable, "-m", "mlip.cli", "train", *overrides]
+
+
+def wait_for(pattern: str, log: Path, process: subprocess.Popen, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if re.search(pattern, log.read_text(errors="replace")):
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"training ended before {pattern!r}:\n{log.read_text()[-3000:]}")
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError(f"timed out waiting for {pattern!r}")
+
+
+def optimizer_steps(checkpoint: dict) -> float:
+    return float(checkpoint["optimizer_states"][0]["state"][0]["step"])
+
+
+def test_sigkill_mid_epoch_then_rerun_resumes(tmp_path):
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    log = tmp_path / "first.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            run_command(run), stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path
+        )
+        try:
+            # the progress bar says epoch 1 is part-way (2..6 of 8 batches): kill it there
+            wait_for(r"Epoch 1:\s+\d+%\|[^|]*\| [2-6]/8", log, process)
+            process.kill()  # SIGKILL: no handler, no cleanup
+        finally:
+            process.wait(timeout=60)
+    assert process.returncode == -9
+
+    killed = torch.load(last, weights_only=True)  # intact after the kill
+    assert killed["epoch"] == 0 and killed["global_step"] == STEPS_PER_EPOCH
+    assert optimizer_steps(killed) == STEPS_PER_EPOCH
+
+    done = subprocess.run(
+        run_command(run), capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert f"resuming from {last} (after epoch 0, global step {STEPS_PER_EPOCH})" in done.stdout
+    assert "Model file:" in done.stdout
+
+    final = torch.load(last, weights_only=True)
+    total = 3 * STEPS_PER_EPOCH
+    assert final["epoch"] == 2 and final["global_step"] == total
+    # optimiser, EMA and scheduler continued from the checkpoint rather than starting over
+    assert optimizer_steps(final) == total
+    assert int(final["state_dict"]["ema.num_updates"]) == total
+    assert final["lr_schedulers"][0]["last_epoch"] == 3
+    # the rerun trained epochs 1 and 2 only (its own CSV log version holds no epoch 0)
+    rows = list(csv.DictReader((run / "logs" / "version_1" / "metrics.csv").open()))
+    epochs = {int(row["epoch"]) for row in rows if row.get("train/loss_epoch")}
+    assert epochs == {1, 2}
