@@ -11,4 +11,13 @@ __version__ = "0.1.0"
 from mlip.export import load_model, save_model  # noqa: E402
 from mlip.nn.potential import Potential  # noqa: E402
 
-__all__ = ["Potential", "load_model", "save_model", "__version__"]
+__all__ = ["MLIPCalculator", "Potential", "load_model", "save_model", "__version__"]
+
+
+def __getattr__(name: str):
+    # the ASE calculator is imported on first use, so `import mlip` stays light
+    if name == "MLIPCalculator":
+        from mlip.calculator import MLIPCalculator
+
+        return MLIPCalculator
+    raise AttributeError(f"module 'mlip' has no attribute {name!r}")

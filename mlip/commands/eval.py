@@ -1,0 +1,115 @@
+"""``mlip eval``: error tables (per file and per ``config_type``) and parity plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+PROG = "mlip eval"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Errors of a model on labelled data: MAE and RMSE of energy per atom, force "
+        "components and stress components, per file and per config_type, and parity plots "
+        "(PNG) of energy and forces (and stress where labelled).",
+    )
+    p.add_argument("data", nargs="+", help="labelled data files (extxyz, ASE db, ASE-LMDB, ...)")
+    p.add_argument("--model", help="model file (default: the bundled default model)")
+    p.add_argument(
+        "--plots", default="eval_plots", help="directory for the parity plots (eval_plots)"
+    )
+    p.add_argument("--no-plots", action="store_true", help="write no plots")
+    p.add_argument("--json", help="also write the errors to this JSON file")
+    p.add_argument("--index", default=":", help="frames to use from each file, e.g. '::10' (:)")
+    p.add_argument("--batch-size", type=int, default=16, help="structures per batch (16)")
+    p.add_argument("--energy-key", default="energy", help="name of the energy label (energy)")
+    p.add_argument("--forces-key", default="forces", help="name of the forces label (forces)")
+    p.add_argument("--stress-key", default="stress", help="name of the stress label (stress)")
+    p.add_argument("--virial-key", default="virial", help="name of the virial label (virial)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu)")
+    p.add_argument("--dtype", choices=["float32", "float64"], help="default: the model's")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from mlip.sim.io import INPUT_ERRORS, one_line
+
+    try:
+        return _run(args)
+    except INPUT_ERRORS as err:
+        print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from mlip.data.readers import LabelKeys, read_frames
+    from mlip.export import load_model
+    from mlip.models import default_model_path
+    from mlip.sim.evaluate import check_elements, errors, format_table, parity_plots, predict
+
+    if args.batch_size < 1:
+        print(f"{PROG}: error: --batch-size must be >= 1", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_path = Path(args.model) if args.model else default_model_path()
+    potential = load_model(model_path, device=args.device, dtype=args.dtype)
+    potential.requires_grad_(False)
+    label_keys = LabelKeys(
+        energy=args.energy_key,
+        forces=args.forces_key,
+        stress=args.stress_key,
+        virial=args.virial_key,
+    )
+    datasets = {}
+    for name in args.data:
+        frames = read_frames(name, index=args.index, keys=label_keys, required=())
+        if not any(a.calc is not None for a in frames):
+            print(
+                f"{PROG}: error: {name}: no frame has energy, forces or stress labels "
+                f"(looked for {args.energy_key!r}, {args.forces_key!r}, {args.stress_key!r})",
+                file=sys.stderr,
+            )
+            return 1
+        check_elements(frames, potential, name)
+        datasets[name] = frames
+
+    print(f"model {model_path} ({', '.join(potential.elements)}, cutoff {potential.cutoff} Å)")
+    report = {"model": str(model_path), "units": _units(), "files": {}}
+    for name, frames in datasets.items():
+        pred = predict(potential, frames, batch_size=args.batch_size)
+        rows = {"all": errors(pred)}
+        groups = pred.groups
+        if groups != ["-"]:
+            rows.update({f"  {group}": errors(pred.select(group)) for group in groups})
+        atoms_count = sum(len(a) for a in frames)
+        print(f"\n{name}: {len(frames)} frames, {atoms_count} atoms")
+        print(format_table(rows))
+        report["files"][name] = {label.strip(): row for label, row in rows.items()}
+        if not args.no_plots:
+            prefix = Path(args.plots) / Path(name).stem
+            written = parity_plots(pred, prefix, title=Path(name).name)
+            print("parity plots: " + ", ".join(str(p) for p in written))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        print(f"\nerrors written to {args.json}")
+    return 0
+
+
+def _units() -> dict[str, str]:
+    from mlip.sim.evaluate import UNITS
+
+    return dict(UNITS)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

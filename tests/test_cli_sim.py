@@ -1,0 +1,146 @@
+"""`mlip relax | md | eval | info` from the command line: bad input gives one line, no traceback."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+
+import mlip
+from mlip import cli, models
+from mlip.commands import info as info_command
+
+from .conftest import CUTOFF, SPECIES, default_dtype, make_model, rattled_silicon
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    with default_dtype(torch.float64):
+        potential = mlip.Potential(make_model("facet"), CUTOFF, SPECIES, e0=[0, 0, 0, -5.0])
+    path = tmp_path_factory.mktemp("model") / "si.pt"
+    return mlip.save_model(potential, path, metadata={"data": {"train": "tiny.xyz"}})
+
+
+def bad_inputs(folder):
+    """``name -> (file, expected words)`` for every kind of bad structure input."""
+    garbled = folder / "garbled.cif"
+    garbled.write_text("data_x\n_cell_length_a ten\nloop_\n_atom_site_label\nSi1 0 0\n")
+    empty = folder / "empty.cif"
+    empty.write_text("")
+    copper = folder / "copper.extxyz"
+    (bulk("Cu", "fcc", a=3.6) * 2).write(copper)
+    stacked = rattled_silicon()
+    stacked.positions[2] = stacked.positions[6]
+    on_top = folder / "on_top.extxyz"
+    stacked.write(on_top)
+    return {
+        "missing": (folder / "absent.cif", "no such file"),
+        "garbled": (garbled, "cannot parse"),
+        "empty": (empty, "file is empty"),
+        "unknown element": (
+            copper,
+            "element Cu is not known to this model, which knows H, C, O, Si",
+        ),
+        "on top": (on_top, "atoms 2 (Si) and 6 (Si) are 0.000 Å apart"),
+    }
+
+
+@pytest.mark.parametrize("command", ["relax", "md"])
+@pytest.mark.parametrize("case", ["missing", "garbled", "empty", "unknown element", "on top"])
+def test_bad_structure_gives_one_line(command, case, model_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path, words = bad_inputs(tmp_path)[case]
+    status = cli.main([command, str(path), "--model", str(model_file), "--steps", "3"])
+    err = capsys.readouterr().err
+    assert status != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mlip {command}: error: "), err
+    assert words in lines[0]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["relax", "md", "eval", "info"])
+def test_bad_model_file_gives_one_line(command, tmp_path, capsys):
+    structure = tmp_path / "si.extxyz"
+    rattled_silicon().write(structure)
+    not_a_model = tmp_path / "model.pt"
+    not_a_model.write_text("hello")
+    for model, words in ((not_a_model, "not a readable mlip model file"), ("absent.pt", "no such")):
+        args = [str(model)] if command == "info" else [str(structure), "--model", str(model)]
+        status = cli.main([command, *args])
+        err = capsys.readouterr().err
+        assert status != 0
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"mlip {command}: error: ")
+        assert words in lines[0]
+
+
+def test_missing_default_model_says_what_to_do(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(models, "DEFAULT_MODEL", tmp_path / "default.pt")
+    structure = tmp_path / "si.extxyz"
+    rattled_silicon().write(structure)
+    assert cli.main(["relax", str(structure)]) == 1
+    assert "bundled default model" in capsys.readouterr().err
+
+
+def test_mlip_md(model_file, tmp_path, capsys):
+    structure = tmp_path / "si.cif"
+    rattled_silicon().write(structure)
+    trajectory, log = tmp_path / "out" / "md.extxyz", tmp_path / "out" / "md.log"
+    args = [str(structure), "--model", str(model_file), "--ensemble", "nvt", "--steps", "6"]
+    args += ["--interval", "3", "-o", str(trajectory), "--log", str(log), "--no-progress"]
+    assert cli.main(["md", *args]) == 0
+    out = capsys.readouterr().out
+    assert "steps/s" in out and "atom-steps/s" in out
+    lines = log.read_text().splitlines()
+    assert lines[0].startswith("# step") and "steps_per_s" in lines[0] and len(lines) == 4
+    assert trajectory.read_text().count("Lattice=") == 3
+
+
+def test_mlip_relax_writes_a_cif(model_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rattled_silicon().write("si.cif")
+    status = cli.main(["relax", "si.cif", "--model", str(model_file), "--steps", "1", "-q"])
+    captured = capsys.readouterr()
+    assert status == 1 and "not converged in 1 steps" in captured.err  # a random model
+    assert (tmp_path / "si_relaxed.cif").is_file()
+
+
+def test_mlip_info(model_file, capsys):
+    assert info_command.main([str(model_file)]) == 0
+    out = capsys.readouterr().out
+    for words in ("Facet(", "elements      H C O Si", "cutoff        4.0 Å", "train: tiny.xyz"):
+        assert words in out
+    assert info_command.main([str(model_file), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    params = sum(p.numel() for p in mlip.load_model(model_file).parameters())
+    assert info["parameters"] == params and info["elements"] == ["H", "C", "O", "Si"]
+
+
+@pytest.mark.skipif(not models.DEFAULT_MODEL.is_file(), reason="default model not trained yet")
+def test_default_model(capsys):
+    assert info_command.main([]) == 0
+    assert "Si" in capsys.readouterr().out
+    atoms = rattled_silicon()
+    atoms.calc = mlip.MLIPCalculator()
+    assert np.isfinite(atoms.get_forces()).all()
+
+
+@pytest.mark.parametrize("command", ["relax", "md", "eval", "info"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: mlip {command}" in capsys.readouterr().out
