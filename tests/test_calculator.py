@@ -117,8 +117,6 @@ def test_reused_neighbour_list_under_cell_changes(potential):
 
 
 def test_float32_and_model_file(potential, tmp_path):
-    if not hasattr(potential.model, "config"):
-        pytest.skip(f"{type(potential.model).__name__} cannot be saved to a model file yet")
     path = mlip.save_model(potential, tmp_path / "model.pt")
     atoms = rattled_silicon()
     ref = reference(potential, atoms)

@@ -17,6 +17,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from mlip.nn.config import constructor_config
 from mlip.nn.layers import EquivariantLinear, Features
 from mlip.nn.radial import make_radial, polynomial_envelope
 from mlip.nn.sphere import SphericalGrid, clebsch_gordan, irrep_slice, spherical_harmonics
@@ -320,6 +321,7 @@ class MACE(nn.Module):
         readout_hidden: int = 16,
     ) -> None:
         super().__init__()
+        self.config = constructor_config(locals())
         channels = list(channels)
         num_features = channels[0]
         self.l_sh = l_sh
