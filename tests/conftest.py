@@ -11,6 +11,9 @@ from ase.build import bulk, molecule
 import mlip
 from mlip.nn import Facet
 
+# tiny models run fastest on one thread, and a busy 2-core machine slows several threads ~10x
+torch.set_num_threads(1)
+
 SPECIES = [1, 6, 8, 14]  # H, C, O, Si
 CUTOFF = 4.0
 

@@ -61,6 +61,18 @@ class Convolution(nn.Module):
         r_max: cutoff radius, Å.
         radial: ``"spline"`` (:class:`SplineRadial`) or ``"bessel_mlp"`` (:class:`BesselMLPRadial`).
         num_radial: number of radial basis functions.
+
+    Implementation: the paths of one input degree ``l1`` form a group whose messages are one
+    ``[E, C1, M]`` block (``M`` = the summed ``2 l3 + 1`` of its paths). Per edge, ``Y`` times the
+    group's CG block gives ``t [2l1+1, M]`` and ``msg = h_j t``, scaled column-wise by the radial
+    weight of each column's path. Two equivalent evaluations, chosen per group by size:
+
+    * ``P (2l1+1) < M`` ("folded", e.g. scalar inputs): the radial weights multiply ``h_j`` first,
+      ``xw [C1, P (2l1+1)]``, and the CG block is laid out block-diagonally over the paths, so the
+      message is a single batched product ``xw @ t'`` and nothing of size ``[E, C1, M]`` is
+      materialised besides the message itself;
+    * otherwise the radial weights are evaluated directly in their expanded ``[E, C1 * M]``
+      layout as ``features(r) @ matrix[:, expand]`` (one dense product, no gather).
     """
 
     def __init__(
@@ -77,7 +89,9 @@ class Convolution(nn.Module):
         l_out = len(channels_out) - 1
         dim_sh = (l_sh + 1) ** 2
         self.groups: list[tuple[int, list[tuple[int, int]]]] = []  # (l1, [(l2, l3), ...])
+        self.group_layout: list[tuple[bool, int]] = []  # (folded, M) per group: see above
         cols_per_l3: list[int] = [0] * (l_out + 1)
+        offset = 0
         for l1, c1 in enumerate(channels_in):
             if c1 == 0:
                 continue
@@ -87,7 +101,6 @@ class Convolution(nn.Module):
                 for l3 in range(abs(l1 - l2), min(l1 + l2, l_out) + 1)
                 if (l1 + l2 + l3) % 2 == 0
             ]
-            self.groups.append((l1, paths))
             # CG block of the group: [dim_sh, 2l1+1, sum_paths (2l3+1)], component-normalised
             blocks = []
             for l2, l3 in paths:
@@ -97,17 +110,32 @@ class Convolution(nn.Module):
                 blocks.append(block)
                 cols_per_l3[l3] += c1
             cg_all = torch.cat(blocks, dim=-1)
+            num_paths, width = len(paths), cg_all.shape[-1]
+            path_of_col = torch.cat(
+                [torch.full((2 * l3 + 1,), p) for p, (_, l3) in enumerate(paths)]
+            )
+            folded = num_paths * (2 * l1 + 1) < width
+            if folded:
+                # block-diagonal over paths: [dim_sh, P, 2l1+1, M], zero outside a path's columns
+                mask = (path_of_col == torch.arange(num_paths).unsqueeze(1)).to(cg_all.dtype)
+                cg_all = cg_all.unsqueeze(1) * mask.unsqueeze(1)
+                radial_cols = torch.arange(offset, offset + c1 * num_paths)
+            else:
+                # radial weight column (channel c, path p) repeated for each column of path p
+                radial_cols = (
+                    offset + torch.arange(c1).unsqueeze(1) * num_paths + path_of_col
+                ).reshape(-1)
             self.register_buffer(
                 f"cg_{l1}",
                 cg_all.reshape(dim_sh, -1).to(torch.get_default_dtype()),
                 persistent=False,
             )
-            path_of_col = torch.cat(
-                [torch.full((2 * l3 + 1,), p) for p, (_, l3) in enumerate(paths)]
-            )
-            self.register_buffer(f"path_of_col_{l1}", path_of_col, persistent=False)
+            self.register_buffer(f"radial_cols_{l1}", radial_cols, persistent=False)
+            self.groups.append((l1, paths))
+            self.group_layout.append((folded, width))
+            offset += c1 * num_paths
         self.channels_in = list(channels_in)
-        self.num_weights = sum(channels_in[l1] * len(paths) for l1, paths in self.groups)
+        self.num_weights = offset
         self.radial = make_radial(radial, r_max, self.num_weights, num_radial)
         self.linear = EquivariantLinear(cols_per_l3, channels_out, bias=False)
         self.self_connection = EquivariantLinear(channels_in, channels_out)
@@ -118,22 +146,25 @@ class Convolution(nn.Module):
         """``h`` node features, ``sh [E, (l_sh+1)^2]``, ``r [E]`` Å, ``edge_index [2, E]`` (j, i),
         ``norm`` the factor applied to the neighbour sums."""
         src, dst = edge_index[0], edge_index[1]
-        num_nodes = h[0].shape[0]
-        weights = self.radial(r)
+        num_nodes, num_edges = h[0].shape[0], sh.shape[0]
+        features = self.radial.features(r)  # [E, F]; radial weights = features @ matrix
+        matrix = self.radial.matrix
         gathered: list[list[Tensor]] = [[] for _ in self.linear.channels_in]
-        offset = 0
-        for l1, paths in self.groups:
-            c1 = self.channels_in[l1]
-            x = h[l1][src]  # [E, C1, 2l1+1]
-            cg = getattr(self, f"cg_{l1}")
-            t = (sh @ cg).reshape(
-                sh.shape[0], 2 * l1 + 1, cg.shape[1] // (2 * l1 + 1)
-            )  # [E, 2l1+1, M]
-            msg = torch.bmm(x, t)  # [E, C1, M]
-            w = weights[:, offset : offset + c1 * len(paths)].reshape(-1, c1, len(paths))
-            offset += c1 * len(paths)
-            msg = msg * w[:, :, getattr(self, f"path_of_col_{l1}")]
-            agg = msg.new_zeros(num_nodes, c1, msg.shape[-1]).index_add_(0, dst, msg) * norm
+        for (l1, paths), (folded, width) in zip(self.groups, self.group_layout, strict=True):
+            c1, k = self.channels_in[l1], 2 * l1 + 1
+            x = h[l1].index_select(0, src)  # [E, C1, 2l1+1]
+            t = sh @ getattr(self, f"cg_{l1}")
+            w = features @ matrix[:, getattr(self, f"radial_cols_{l1}")]
+            if folded:
+                num_paths = len(paths)
+                xw = w.view(num_edges, c1, num_paths, 1) * x.unsqueeze(2)
+                msg = torch.bmm(
+                    xw.view(num_edges, c1, num_paths * k),
+                    t.view(num_edges, num_paths * k, width),
+                )
+            else:
+                msg = torch.bmm(x, t.view(num_edges, k, width)) * w.view(num_edges, c1, width)
+            agg = msg.new_zeros(num_nodes, c1, width).index_add_(0, dst, msg) * norm
             col = 0
             for _, l3 in paths:
                 gathered[l3].append(agg[:, :, col : col + 2 * l3 + 1])
@@ -179,10 +210,15 @@ class GridMixing(nn.Module):
     def forward(self, h: Features) -> Features:
         x = self.linear_in(h)
         n, u = x[0].shape[:2]
+        points = self.grid.num_points
         g = self.grid.to_grid(torch.cat(x, dim=-1))  # [N, U, P]
-        g = g.transpose(1, 2).reshape(n, -1, self.heads, u // self.heads)
-        g = self.mlp(g).reshape(n, -1, u).transpose(1, 2)
-        y = self.grid.from_grid(g)  # [N, U, D]
+        # the MLP acts on each head's channel vector at every point; with channels on the rows
+        # ([N * heads, U / heads, P]) its layers are plain left products and no copy is needed
+        g = g.view(n * self.heads, u // self.heads, points)
+        first, activation, second = self.mlp
+        g = activation(torch.matmul(first.weight, g) + first.bias.unsqueeze(-1))
+        g = torch.matmul(second.weight, g) + second.bias.unsqueeze(-1)
+        y = self.grid.from_grid(g.view(n, u, points))  # [N, U, D]
         out = [y[:, :, irrep_slice(l)] for l in range(len(x))]
         out[0] = torch.cat([out[0], h[0]], dim=1)
         return self.linear_out(out)

@@ -57,10 +57,23 @@ class SplineRadial(nn.Module):
         self.num_basis = num_basis
         self.weight = nn.Parameter(torch.randn(num_basis, num_out) * math.sqrt(3.0 / num_basis))
 
+    def features(self, r: Tensor) -> Tensor:
+        """``r [E]`` Å -> B-spline basis times envelope ``[E, num_basis]``.
+
+        ``forward(r) == features(r) @ matrix``; layers that need only some of the outputs, or
+        each output repeated, multiply by the matching columns of :attr:`matrix` instead.
+        """
+        basis = cubic_bspline_basis(r, self.r_max, self.num_basis)
+        return basis * polynomial_envelope(r, self.r_max).unsqueeze(-1)
+
+    @property
+    def matrix(self) -> Tensor:
+        """The linear map ``[num_basis, num_out]`` from :meth:`features` to the weights."""
+        return self.weight
+
     def forward(self, r: Tensor) -> Tensor:
         """``r [E]`` Å -> weights ``[E, num_out]``."""
-        basis = cubic_bspline_basis(r, self.r_max, self.num_basis)
-        return (basis * polynomial_envelope(r, self.r_max).unsqueeze(-1)) @ self.weight
+        return self.features(r) @ self.weight
 
 
 class BesselMLPRadial(nn.Module):
@@ -93,11 +106,26 @@ class BesselMLPRadial(nn.Module):
         layers.append(nn.Linear(width, num_out, bias=False))
         self.mlp = nn.Sequential(*layers)
 
-    def forward(self, r: Tensor) -> Tensor:
-        """``r [E]`` Å -> weights ``[E, num_out]``."""
+    def _basis(self, r: Tensor) -> Tensor:
         x = r.unsqueeze(-1)
         basis = math.sqrt(2.0 / self.r_max) * torch.sin(self.frequencies * x / self.r_max) / x
-        return self.mlp(basis * polynomial_envelope(x, self.r_max))
+        return basis * polynomial_envelope(x, self.r_max)
+
+    def features(self, r: Tensor) -> Tensor:
+        """``r [E]`` Å -> the last hidden layer of the MLP ``[E, hidden[-1]]``.
+
+        ``forward(r) == features(r) @ matrix`` (the output layer has no bias).
+        """
+        return self.mlp[:-1](self._basis(r))
+
+    @property
+    def matrix(self) -> Tensor:
+        """The output layer as a matrix ``[hidden[-1], num_out]``."""
+        return self.mlp[-1].weight.t()
+
+    def forward(self, r: Tensor) -> Tensor:
+        """``r [E]`` Å -> weights ``[E, num_out]``."""
+        return self.mlp(self._basis(r))
 
 
 def make_radial(kind: str, r_max: float, num_out: int, num_basis: int) -> nn.Module:
