@@ -95,3 +95,19 @@ def test_layers_are_equivariant_including_reflections():
         assert _error(out, _rotate(conv(h, sh, vec.norm(dim=1), edges, one), d)) < 1e-12
     # the pseudo-vector path (1o x 1o -> 1e) is excluded: mirror images are not distinguished
     assert all((l1 + l2 + l3) % 2 == 0 for l1, paths in conv.groups for l2, l3 in paths)
+
+
+@pytest.mark.parametrize("kind", ["spline", "bessel_mlp"])
+def test_radial_weights_vanish_smoothly_at_cutoff(kind):
+    from mlip.nn.radial import make_radial
+
+    torch.manual_seed(0)
+    with default_dtype(torch.float64):
+        radial = make_radial(kind, 5.0, 7, 8, hidden=[16, 16])
+    r = torch.tensor([2.5, 5.0 - 1e-4, 5.0], dtype=torch.float64, requires_grad=True)
+    w = radial(r)
+    (dw,) = torch.autograd.grad(w[1].sum(), r)
+    assert w[0].abs().max() > 1e-2  # not trivially zero inside the cutoff
+    assert w[1].abs().max() < 1e-6 and w[2].abs().max() == 0.0
+    assert dw.abs().max() < 1e-4
+    assert torch.allclose(radial.features(r) @ radial.matrix, w, atol=1e-14)

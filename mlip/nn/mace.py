@@ -11,7 +11,6 @@ on a Gauss-Legendre grid, on which the projection back is exact (no aliasing).
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
@@ -19,7 +18,7 @@ from torch import Tensor, nn
 
 from mlip.nn.config import constructor_config
 from mlip.nn.layers import EquivariantLinear, Features
-from mlip.nn.radial import make_radial, polynomial_envelope
+from mlip.nn.radial import make_radial
 from mlip.nn.sphere import SphericalGrid, clebsch_gordan, irrep_slice, spherical_harmonics
 
 
@@ -137,56 +136,6 @@ class ElementLinear(nn.Module):
         return out
 
 
-class BesselMLPCutoffRadial(nn.Module):
-    """MACE's radial weights: sine-Bessel functions times the envelope, then a bias-free MLP with
-    variance-preserving initialisation and normalised SiLU (e3nn ``FullyConnectedNet``). The MLP maps
-    0 to 0, so the weights go to zero with two vanishing derivatives at ``r_max``.
-
-    (:class:`mlip.nn.radial.BesselMLPRadial` has biases, so its output does not vanish at
-    ``r_max``, and PyTorch's default initialisation shrinks it layer by layer.)
-
-    Args:
-        r_max: cutoff radius, Å.
-        num_out: number of weights per edge.
-        num_basis: number of Bessel functions.
-        hidden: hidden widths of the MLP, e.g. ``(64, 64, 64)``.
-    """
-
-    def __init__(
-        self,
-        r_max: float,
-        num_out: int,
-        num_basis: int = 8,
-        hidden: tuple[int, ...] | list[int] = (64, 64, 64),
-    ) -> None:
-        super().__init__()
-        self.r_max = float(r_max)
-        self.register_buffer(
-            "frequencies",
-            torch.arange(1, num_basis + 1, dtype=torch.get_default_dtype()) * math.pi,
-            persistent=False,
-        )
-        widths = [num_basis, *hidden, num_out]
-        self.weights = nn.ParameterList(
-            nn.Parameter(torch.randn(w_in, w_out)) for w_in, w_out in itertools.pairwise(widths)
-        )
-
-    def forward(self, r: Tensor) -> Tensor:
-        """``r [E]`` Å -> weights ``[E, num_out]``."""
-        x = r.unsqueeze(-1)
-        y = math.sqrt(2.0 / self.r_max) * torch.sin(self.frequencies * x / self.r_max) / x
-        y = y * polynomial_envelope(x, self.r_max)
-        for k, w in enumerate(self.weights):
-            y = y @ w / math.sqrt(w.shape[0])
-            if k < len(self.weights) - 1:
-                y = _SILU_NORM * nn.functional.silu(y)
-        return y
-
-
-# 1 / sqrt(E[silu(z)^2]) for z ~ N(0, 1): keeps unit second moments through the radial MLP
-_SILU_NORM = 1.6765
-
-
 class Interaction(nn.Module):
     """MACE interaction: the atomic basis ``A_i`` from the neighbours' features.
 
@@ -245,10 +194,7 @@ class Interaction(nn.Module):
             )
             self.register_buffer(f"path_of_col_{l1}", path_of_col, persistent=False)
         num_weights = sum(channels_in[l1] * len(paths) for l1, paths in self.groups)
-        if radial == "bessel_mlp":
-            self.radial = BesselMLPCutoffRadial(r_max, num_weights, num_radial, radial_mlp)
-        else:
-            self.radial = make_radial(radial, r_max, num_weights, num_radial)
+        self.radial = make_radial(radial, r_max, num_weights, num_radial, radial_mlp)
         self.linear = EquivariantLinear(cols_per_l3, [channels] * (l_sh + 1), bias=False)
 
     def forward(

@@ -7,6 +7,7 @@ functions through an MLP; it is kept for ablations and for the MACE-like model.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -77,7 +78,9 @@ class SplineRadial(nn.Module):
 
 
 class BesselMLPRadial(nn.Module):
-    """Sine-Bessel basis ``sin(n pi r / r_max) / r`` times the envelope, then an MLP (SiLU).
+    """MACE-style radial weights: sine-Bessel functions times the envelope, then a bias-free MLP
+    with variance-preserving initialisation and normalised SiLU. The MLP maps 0 to 0, so the
+    weights vanish with two zero derivatives at ``r_max``.
 
     Args:
         r_max: cutoff radius, Å.
@@ -96,42 +99,49 @@ class BesselMLPRadial(nn.Module):
         super().__init__()
         self.r_max = float(r_max)
         self.register_buffer(
-            "frequencies", torch.arange(1, num_basis + 1, dtype=torch.get_default_dtype()) * math.pi
+            "frequencies",
+            torch.arange(1, num_basis + 1, dtype=torch.get_default_dtype()) * math.pi,
+            persistent=False,
         )
-        layers: list[nn.Module] = []
-        width = num_basis
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.SiLU()]
-            width = h
-        layers.append(nn.Linear(width, num_out, bias=False))
-        self.mlp = nn.Sequential(*layers)
-
-    def _basis(self, r: Tensor) -> Tensor:
-        x = r.unsqueeze(-1)
-        basis = math.sqrt(2.0 / self.r_max) * torch.sin(self.frequencies * x / self.r_max) / x
-        return basis * polynomial_envelope(x, self.r_max)
+        widths = [num_basis, *hidden, num_out]
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.randn(w_in, w_out)) for w_in, w_out in itertools.pairwise(widths)
+        )
 
     def features(self, r: Tensor) -> Tensor:
-        """``r [E]`` Å -> the last hidden layer of the MLP ``[E, hidden[-1]]``.
-
-        ``forward(r) == features(r) @ matrix`` (the output layer has no bias).
-        """
-        return self.mlp[:-1](self._basis(r))
+        """``r [E]`` Å -> the last hidden layer ``[E, hidden[-1]]``; ``forward == features @ matrix``."""
+        x = r.unsqueeze(-1)
+        y = math.sqrt(2.0 / self.r_max) * torch.sin(self.frequencies * x / self.r_max) / x
+        y = y * polynomial_envelope(x, self.r_max)
+        for w in self.weights[:-1]:
+            y = SILU_NORM * nn.functional.silu(y @ w / math.sqrt(w.shape[0]))
+        return y
 
     @property
     def matrix(self) -> Tensor:
-        """The output layer as a matrix ``[hidden[-1], num_out]``."""
-        return self.mlp[-1].weight.t()
+        """The output layer ``[hidden[-1], num_out]``, normalisation included."""
+        w = self.weights[-1]
+        return w / math.sqrt(w.shape[0])
 
     def forward(self, r: Tensor) -> Tensor:
         """``r [E]`` Å -> weights ``[E, num_out]``."""
-        return self.mlp(self._basis(r))
+        return self.features(r) @ self.matrix
 
 
-def make_radial(kind: str, r_max: float, num_out: int, num_basis: int) -> nn.Module:
-    """Radial module by name: ``"spline"`` or ``"bessel_mlp"``."""
+# SiLU scaled to unit second moment for unit-normal inputs (e3nn's normalised activation)
+SILU_NORM = 1.6765
+
+
+def make_radial(
+    kind: str,
+    r_max: float,
+    num_out: int,
+    num_basis: int,
+    hidden: tuple[int, ...] | list[int] = (64, 64, 64),
+) -> nn.Module:
+    """Radial module by name: ``"spline"`` or ``"bessel_mlp"`` (``hidden``: its MLP widths)."""
     if kind == "spline":
         return SplineRadial(r_max, num_out, num_basis)
     if kind == "bessel_mlp":
-        return BesselMLPRadial(r_max, num_out, num_basis)
+        return BesselMLPRadial(r_max, num_out, num_basis, hidden)
     raise ValueError(f"unknown radial {kind!r}: expected 'spline' or 'bessel_mlp'")
