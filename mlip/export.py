@@ -49,12 +49,18 @@ def save_model(potential: Potential, path: str | os.PathLike, metadata: dict | N
         "metadata": metadata or {},
         "state_dict": {k: v.detach().cpu() for k, v in potential.state_dict().items()},
     }
+    return atomic_torch_save(payload, path)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the target's directory, then rename it over ``path``:
+    a process killed during the write leaves the previous file intact (and a ``.tmp`` at worst)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
