@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from mlip.commands import report_errors
+
 PROG = "mlip info"
 
 
@@ -25,14 +27,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    from mlip.sim.io import INPUT_ERRORS, one_line
-
-    try:
-        return _run(args)
-    except INPUT_ERRORS as err:
-        print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
-        return 1
+    return report_errors(PROG, _run, parser().parse_args(argv))
 
 
 def describe(path: Path) -> dict:
