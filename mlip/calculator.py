@@ -49,6 +49,10 @@ class MLIPCalculator(Calculator):
             :class:`AtomsTooCloseError` naming them (0 disables the check).
         stress: compute stress with every calculation on periodic cells (default), or only when
             asked for (``False``; saves a little time in NVE/NVT MD).
+
+    The total charge ``atoms.info["charge"]`` (e, default 0) and spin multiplicity
+    ``atoms.info["spin"]`` (``2S + 1``, default 1) reach the model, which uses them if it was built
+    with ``charge_spin``; changing either makes the next call recompute.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
@@ -125,6 +129,14 @@ class MLIPCalculator(Calculator):
             stress = out[keys.STRESS].detach().cpu().double().numpy()[0]
             self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
 
+    def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
+        """ASE's system changes, plus ``"info"`` when the total charge or spin changed (ASE does
+        not compare ``atoms.info``, and a cached energy for another charge would be wrong)."""
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None and _charge_spin(atoms) != _charge_spin(self.atoms):
+            changes.append("info")
+        return changes
+
     def check_elements(self, atoms: Atoms) -> None:
         """Raise :class:`UnknownElementError` naming any element of ``atoms`` the model lacks."""
         unknown = sorted(set(atoms.numbers.tolist()) - self.known_numbers)
@@ -155,6 +167,7 @@ class MLIPCalculator(Calculator):
         """One-structure batch with the fields of :mod:`mlip.keys`, built without a new search."""
         device, dtype = self.device, self.dtype
         n = len(atoms)
+        charge, spin = _charge_spin(atoms)
         return Data(
             pos=torch.tensor(atoms.positions, dtype=dtype, device=device),
             z=torch.tensor(atoms.numbers, dtype=torch.long, device=device),
@@ -163,8 +176,16 @@ class MLIPCalculator(Calculator):
             pbc=torch.tensor(atoms.pbc, dtype=torch.bool, device=device).unsqueeze(0),
             edge_index=torch.from_numpy(np.stack([j, i])).to(device),
             shifts=torch.from_numpy(shifts).to(device=device, dtype=dtype),
+            charge=torch.tensor([charge], dtype=dtype, device=device),
+            spin=torch.tensor([spin], dtype=dtype, device=device),
             num_nodes=n,
         )
+
+
+def _charge_spin(atoms: Atoms) -> tuple[float, float]:
+    """Total charge (e) and spin multiplicity of ``atoms``, read as
+    :func:`~mlip.data.graph.atoms_to_graph` reads them (defaults 0 and 1)."""
+    return float(atoms.info.get(keys.CHARGE, 0.0)), float(atoms.info.get(keys.SPIN, 1.0))
 
 
 class _VerletList:

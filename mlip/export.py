@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 import mlip
+from mlip.nn.config import default_dtype
 from mlip.nn.potential import Potential
 
 FORMAT = "mlip-model"
@@ -105,16 +106,13 @@ def load_model(
     ``torch.dtype`` select another).
     """
     payload = read_model_file(path)
-    module = importlib.import_module(MODEL_CLASSES[payload["model_class"]])
-    cls = getattr(module, payload["model_class"])
-    saved_dtype = getattr(torch, payload["dtype"])
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(saved_dtype)
-    try:
-        model = cls(**payload["model_config"])
-        potential = Potential(model, payload["cutoff"], payload["species"])
-    finally:
-        torch.set_default_dtype(old)
+    potential = build_potential(
+        payload["model_class"],
+        payload["model_config"],
+        payload["cutoff"],
+        payload["species"],
+        payload["dtype"],
+    )
     try:
         potential.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
@@ -122,4 +120,15 @@ def load_model(
     potential.metadata = payload["metadata"]
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    return potential.to(device=device, dtype=dtype or saved_dtype).eval()
+    return potential.to(device=device, dtype=dtype or potential.e0.dtype).eval()
+
+
+def build_potential(
+    model_class: str, model_config: dict, cutoff: float, species: list[int], dtype: str
+) -> Potential:
+    """An untrained :class:`Potential` around ``model_class(**model_config)`` (a name of
+    :data:`MODEL_CLASSES`), built in ``dtype`` (``"float32"`` or ``"float64"``); cutoff in Å."""
+    module = importlib.import_module(MODEL_CLASSES[model_class])
+    cls = getattr(module, model_class)
+    with default_dtype(dtype):
+        return Potential(cls(**model_config), cutoff, species)

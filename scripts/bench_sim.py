@@ -36,26 +36,17 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.build import bulk
+from mace_peer import MP_TABLE, build_mace_mp
 
 import mlip  # noqa: I001  (must precede e3nn / mace: registers a torch safe global e3nn needs)
 from mlip.calculator import MLIPCalculator
 from mlip.data import neighbour_list
 from mlip.nn import Facet
+from mlip.nn.config import default_dtype
 from mlip.sim.md import run_md
 from mlip.sim.relax import relax
 
 R_MAX = 6.0
-MP_TABLE = list(range(1, 84)) + list(range(89, 95))  # MACE-MP-0's elements
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 def copper_500() -> Atoms:
@@ -87,34 +78,9 @@ def facet_calculator(avg_num_neighbors: float) -> MLIPCalculator:
 
 
 def mace_calculator(avg_num_neighbors: float, folder: str):
-    from e3nn import o3
-    from mace import modules
     from mace.calculators import MACECalculator
 
-    block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
-    torch.manual_seed(0)
-    with default_dtype(torch.float64):
-        model = modules.ScaleShiftMACE(
-            r_max=R_MAX,
-            num_bessel=8,
-            num_polynomial_cutoff=5,
-            max_ell=3,
-            interaction_cls=block,
-            interaction_cls_first=block,
-            num_interactions=2,
-            num_elements=len(MP_TABLE),
-            hidden_irreps=o3.Irreps("128x0e+128x1o"),
-            MLP_irreps=o3.Irreps("16x0e"),
-            atomic_energies=np.zeros(len(MP_TABLE)),
-            avg_num_neighbors=avg_num_neighbors,
-            atomic_numbers=MP_TABLE,
-            correlation=3,
-            gate=torch.nn.functional.silu,
-            radial_MLP=[64, 64, 64],
-            radial_type="bessel",
-            atomic_inter_scale=1.0,
-            atomic_inter_shift=0.0,
-        )
+    model = build_mace_mp("medium", torch.float64, avg_num_neighbors, MP_TABLE, R_MAX)
     path = os.path.join(folder, "mace_mp0_medium_random.model")
     torch.save(model, path)  # no downloads: a freshly built model with MACE-MP-0's sizes
     return MACECalculator(model_paths=path, device="cpu", default_dtype="float64")

@@ -1,24 +1,27 @@
-"""Accuracy at equal training budget: our Facet (``mlip train``) against mace-torch's MACE.
+"""Accuracy at equal training budget: our models (``mlip train``) against mace-torch's MACE.
 
-Both models train on ``acac/train_300K.xyz`` (500 acetylacetone frames, E0s from
-``isolated_atoms.xyz``, 5% held out for validation) for the same wall-clock training time on the
+``--model facet`` (default) trains our Facet, ``--model mace`` our MACE-like model (Gaunt product
+on a spherical grid) with mace-torch's hyperparameters; the peer is always mace-torch. Both train
+on ``acac/train_300K.xyz`` (500 acetylacetone frames, E0s from ``isolated_atoms.xyz``, 5% held out
+for validation) for the same wall-clock training time on the
 same number of CPU threads, one after the other, then both are tested on ``acac/test_MD_300K.xyz``
 (650 frames) by the same error code. Each side keeps its best-validation (EMA) weights.
 
-- Facet: ``mlip.train.runner.train`` with ``trainer.max_time`` = budget (the fit loop's clock).
-- MACE: mace-torch's own training entry point (``mace.cli.run_train.main``, what ``mace_run_train``
+- ours: ``mlip.train.runner.train`` with ``trainer.max_time`` = budget (the fit loop's clock).
+- mace-torch: its own training entry point (``mace.cli.run_train.main``, what ``mace_run_train``
   runs) with a large ``--max_num_epochs``; the process is stopped ``budget`` seconds after it logs
   "Started training", then rerun with ``--restart_latest`` and ``--max_num_epochs`` = the epoch of
   its latest (best-validation, EMA) checkpoint, which trains nothing and writes the ``.model`` file.
 
 Prints energy RMSE (meV/atom and meV per molecule) and force RMSE (meV/Å, per component) of each,
-and the ratio of the force RMSEs (Facet / MACE; below 1 means Facet is more accurate).
+and the ratio of the force RMSEs (ours / mace-torch; below 1 means ours is more accurate).
 
 Usage::
 
-    python scripts/bench_train.py                       # 1200 s each, 2 threads
+    python scripts/bench_train.py                       # Facet vs mace-torch, 1200 s each, 2 threads
     python scripts/bench_train.py --budget-seconds 60   # smoke test
-    python scripts/bench_train.py --json results.json --workdir /tmp/bench_train
+    python scripts/bench_train.py --only mace-torch --json peer.json
+    python scripts/bench_train.py --model mace --peer-json peer.json --json mace.json
 """
 
 from __future__ import annotations
@@ -45,12 +48,9 @@ import mlip  # registers the torch safe global e3nn needs (before mace is import
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "acac"
 
-# Facet: two layers, 32x0e + 16x1o + 8x2e (model=facet with these overrides)
-FACET_OVERRIDES = [
-    "model=facet",
-    "model.channels=[32,16,8]",
-    "model.num_layers=2",
-    "model.grid_channels=16",
+# our models: `mlip train` overrides on top of conf/train.yaml (shared optimiser, loss and batch
+# settings as the mace-torch run below: AdamW lr 0.01 on plateau, weights 1 : 100, batch 5, EMA 0.99)
+SHARED_OVERRIDES = [
     "optim=adamw_plateau",
     "optim.optimizer.lr=0.01",
     "loss.energy_weight=1.0",
@@ -60,6 +60,26 @@ FACET_OVERRIDES = [
     "data.batch_size=5",
     "data.eval_batch_size=25",
 ]
+OUR_MODELS = {
+    # Facet: two layers, 32x0e + 16x1o + 8x2e
+    "facet": [
+        "model=facet",
+        "model.channels=[32,16,8]",
+        "model.num_layers=2",
+        "model.grid_channels=16",
+    ],
+    # MACE-like with mace-torch's hyperparameters below: 32x0e + 32x1o, A up to l = 3,
+    # correlation 3, two layers, 8 Bessel functions, radial MLP [64, 64, 64]
+    "mace": [
+        "model=mace",
+        "model.channels=[32,32]",
+        "model.l_sh=3",
+        "model.num_layers=2",
+        "model.correlation=3",
+        "model.num_radial=8",
+        "model.radial_mlp=[64,64,64]",
+    ],
+}
 # MACE (ScaleShiftMACE: E0s plus a fitted per-atom shift and RMS-force scale, like our Potential):
 # the same loss weights, batch, EMA, learning rate, cutoff; 32x0e + 32x1o, L=1, 2 layers
 MACE_ARGS = [
@@ -90,15 +110,22 @@ def read_isolated_energies(path: Path) -> dict[int, float]:
 # -- our side ---------------------------------------------------------------------------------------
 
 
-def train_facet(
-    data: Path, workdir: Path, budget: float, threads: int, cutoff: float, dtype: str, val: float
+def train_ours(
+    model: str,
+    data: Path,
+    workdir: Path,
+    budget: float,
+    threads: int,
+    cutoff: float,
+    dtype: str,
+    val: float,
 ) -> tuple[Path, dict]:
     from mlip.train.runner import compose, train
 
     seconds = int(round(budget))
     max_time = f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
     overrides = [
-        f"run_dir={workdir / 'facet'}",
+        f"run_dir={workdir / model}",
         "resume=false",
         f"data.train={data / 'train_300K.xyz'}",
         f"data.isolated_atoms={data / 'isolated_atoms.xyz'}",
@@ -110,7 +137,8 @@ def train_facet(
         "trainer.max_epochs=-1",
         f"trainer.max_time={max_time}",
         "trainer.enable_progress_bar=false",
-        *FACET_OVERRIDES,
+        *OUR_MODELS[model],
+        *SHARED_OVERRIDES,
     ]
     started = time.perf_counter()
     result = train(compose(overrides))
@@ -124,7 +152,7 @@ def train_facet(
     return result.model_path, info
 
 
-def facet_predictor(path: Path) -> Callable[[Sequence[Atoms]], tuple[np.ndarray, list[np.ndarray]]]:
+def our_predictor(path: Path) -> Callable[[Sequence[Atoms]], tuple[np.ndarray, list[np.ndarray]]]:
     from mlip.data.graph import atoms_to_batch
 
     potential = mlip.load_model(path)
@@ -281,6 +309,7 @@ def errors(predict, frames: Sequence[Atoms]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(OUR_MODELS), default="facet", help="our model")
     parser.add_argument("--budget-seconds", type=float, default=1200.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of the acac files")
@@ -288,7 +317,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cutoff", type=float, default=5.0)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--val-fraction", type=float, default=0.05)
-    parser.add_argument("--only", choices=["facet", "mace"], help="train and test one side only")
+    parser.add_argument(
+        "--only", choices=["ours", "mace-torch"], help="train and test one side only"
+    )
+    parser.add_argument(
+        "--peer-json",
+        type=Path,
+        help="take mace-torch's result from this earlier --json output (same budget, threads, "
+        "dtype, cutoff and data) instead of training it again",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -297,20 +334,36 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     test = ase.io.read(args.data / "test_MD_300K.xyz", ":")
     setup = (args.data, workdir, args.budget_seconds, args.threads, args.cutoff, args.dtype)
+    config = {
+        "budget_seconds": args.budget_seconds,
+        "threads": args.threads,
+        "dtype": args.dtype,
+        "cutoff": args.cutoff,
+        "data": str(args.data),
+        "val_fraction": args.val_fraction,
+    }
     results: dict[str, dict] = {}
-    sides = [args.only] if args.only else ["facet", "mace"]
-    for side in sides:
+    if args.peer_json:
+        earlier = json.loads(args.peer_json.read_text())
+        if earlier.get("config") != config or "mace-torch" not in earlier:
+            raise SystemExit(f"{args.peer_json}: no mace-torch result with the settings {config}")
+        results["mace-torch"] = earlier["mace-torch"]
+        print(f"== mace-torch: result taken from {args.peer_json}", flush=True)
+    sides = {"ours": [args.model], "mace-torch": ["mace-torch"], None: [args.model, "mace-torch"]}
+    for side in sides[args.only]:
+        if side in results:
+            continue
         print(
             f"== {side}: training for {args.budget_seconds:.0f} s on {args.threads} threads",
             flush=True,
         )
         try:
-            if side == "facet":
-                path, info = train_facet(*setup, args.val_fraction)
-                predict = facet_predictor(path)
-            else:
+            if side == "mace-torch":
                 path, info = train_mace(*setup, args.val_fraction)
                 predict = mace_predictor(path, args.dtype)
+            else:
+                path, info = train_ours(side, *setup, args.val_fraction)
+                predict = our_predictor(path)
         except RuntimeError as err:  # e.g. no finished epoch within the budget
             print(f"{side}: no result: {err}", flush=True)
             results[side] = {"error": str(err)}
@@ -323,25 +376,28 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"\nTest set {args.data / 'test_MD_300K.xyz'} ({len(test)} frames), budget "
-        f"{args.budget_seconds:.0f} s of training each, {args.threads} threads, {args.dtype}"
+        f"{args.budget_seconds:.0f} s of training each, {args.threads} threads, {args.dtype}, "
+        f"load average now {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus"
     )
-    print(f"{'model':<8}{'E meV/atom':>12}{'E meV':>10}{'F meV/Å':>10}{'F MAE':>9}  trained")
+    print(f"{'model':<11}{'E meV/atom':>12}{'E meV':>10}{'F meV/Å':>10}{'F MAE':>9}  trained")
     for side, r in results.items():
         if "error" in r:
-            print(f"{side:<8}{'no result':>12}  ({r['error']})")
+            print(f"{side:<11}{'no result':>12}  ({r['error']})")
             continue
         trained = f"{r.get('epochs', r.get('best_epoch'))} epochs"
+        if "parameters" in r:
+            trained += f", {r['parameters']:,} parameters"
         print(
-            f"{side:<8}{r['energy_rmse_meV_per_atom']:>12.2f}{r['energy_rmse_meV']:>10.1f}"
+            f"{side:<11}{r['energy_rmse_meV_per_atom']:>12.2f}{r['energy_rmse_meV']:>10.1f}"
             f"{r['forces_rmse_meV_per_A']:>10.1f}{r['forces_mae_meV_per_A']:>9.1f}  {trained}"
         )
-    if all("error" not in results.get(side, {"error": 1}) for side in ("facet", "mace")):
-        ratio = results["facet"]["forces_rmse_meV_per_A"] / results["mace"]["forces_rmse_meV_per_A"]
-        results["force_rmse_ratio_facet_over_mace"] = ratio
-        verdict = "no worse than" if ratio <= 1.0 else "worse than"
-        print(f"force RMSE ratio Facet / MACE: {ratio:.3f} (Facet {verdict} MACE)")
+    ours, peer = results.get(args.model, {}), results.get("mace-torch", {})
+    if "forces_rmse_meV_per_A" in ours and "forces_rmse_meV_per_A" in peer:
+        ratio = ours["forces_rmse_meV_per_A"] / peer["forces_rmse_meV_per_A"]
+        results["force_rmse_ratio"] = ratio
+        print(f"force RMSE ratio {args.model} / mace-torch: {ratio:.3f} (below 1: ours better)")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps({"config": config, **results}, indent=2))
     return 0
 
 

@@ -1,8 +1,13 @@
-"""Constructor configs: what a model file stores to rebuild a model without Hydra or pickled code."""
+"""Constructor configs (what a model file stores to rebuild a model without Hydra or pickled code)
+and the dtype models are built in."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+import torch
 
 
 def constructor_config(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -13,6 +18,18 @@ def constructor_config(arguments: dict[str, Any]) -> dict[str, Any]:
     """
     config = {k: v for k, v in arguments.items() if k not in ("self", "__class__")}
     return {k: _plain(v, k) for k, v in config.items()}
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype | str) -> Iterator[None]:
+    """Build modules in ``dtype`` (``torch.float32``, ``"float64"``, ...): torch's default dtype
+    is set inside the block and restored after it."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
 
 
 def _plain(value: Any, name: str) -> Any:

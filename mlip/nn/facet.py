@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mlip.nn.conditioning import ChargeSpinEmbedding
 from mlip.nn.config import constructor_config
 from mlip.nn.layers import Convolution, EquivariantNorm, GridMixing
 from mlip.nn.sphere import default_grid_size, spherical_harmonics
@@ -32,6 +33,12 @@ class Facet(nn.Module):
         norm_power: neighbour sums are divided by ``avg_num_neighbors ** norm_power``.
         gamma_init: initial value of the residual gates (0 gives an identity start).
         readout_hidden: hidden width of the readout MLP on the final scalars.
+        charge_spin: condition on the total charge and spin multiplicity of each structure: a
+            learned :class:`~mlip.nn.conditioning.ChargeSpinEmbedding` is added to the species
+            embedding (the ``channels[0]`` initial scalars). Off (default): no parameters, and
+            ``charge`` / ``spin`` given to ``forward`` are ignored.
+        max_abs_charge: total charges ``-max_abs_charge .. max_abs_charge`` (e) are embedded.
+        max_spin: multiplicities ``1 .. max_spin`` are embedded.
     """
 
     def __init__(
@@ -52,6 +59,9 @@ class Facet(nn.Module):
         norm_power: float = 0.5,
         gamma_init: float = 0.0,
         readout_hidden: int = 16,
+        charge_spin: bool = False,
+        max_abs_charge: int = 10,
+        max_spin: int = 11,
     ) -> None:
         super().__init__()
         self.config = constructor_config(locals())
@@ -85,20 +95,34 @@ class Facet(nn.Module):
             nn.Linear(channels[0], readout_hidden), nn.SiLU(), nn.Linear(readout_hidden, 1)
         )
         self.channels = channels
+        # created last, so that the other weights do not depend on charge_spin for a given seed
+        self.charge_spin_embedding = (
+            ChargeSpinEmbedding(channels[0], max_abs_charge, max_spin) if charge_spin else None
+        )
 
     def forward(
-        self, species: Tensor, edge_vec: Tensor, edge_index: Tensor, batch: Tensor
+        self,
+        species: Tensor,
+        edge_vec: Tensor,
+        edge_index: Tensor,
+        batch: Tensor,
+        charge: Tensor | None = None,
+        spin: Tensor | None = None,
     ) -> Tensor:
         """Per-atom energies ``[N]`` (before scale, shift and E0).
 
         ``species [N]`` long indices into the potential's element list, ``edge_vec [E, 3]`` Å
         (``r_ij = pos[j] - pos[i]`` plus image shift), ``edge_index [2, E]`` (row 0 = j, row 1 = i),
-        ``batch [N]`` structure index (unused by Facet; part of the model interface).
+        ``batch [N]`` structure index, ``charge [B]`` total charge (e) and ``spin [B]``
+        multiplicity ``2S + 1`` per structure (used only with ``charge_spin``; None: 0 and 1).
         """
         r = edge_vec.norm(dim=-1)
         sh = spherical_harmonics(self.l_sh, edge_vec)
         norm = self.avg_num_neighbors ** (-self.norm_power)
-        x0 = self.embedding(species).unsqueeze(-1)
+        x0 = self.embedding(species)
+        if self.charge_spin_embedding is not None:
+            x0 = x0 + self.charge_spin_embedding(charge, spin, batch)
+        x0 = x0.unsqueeze(-1)
         h = [x0] + [
             x0.new_zeros(x0.shape[0], c, 2 * l + 1) for l, c in enumerate(self.channels) if l
         ]

@@ -16,6 +16,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from mlip.nn.conditioning import ChargeSpinEmbedding
 from mlip.nn.config import constructor_config
 from mlip.nn.layers import EquivariantLinear, Features
 from mlip.nn.radial import make_radial
@@ -249,6 +250,12 @@ class MACE(nn.Module):
         avg_num_neighbors: mean neighbour count of the training data (set at fit time).
         norm_power: neighbour sums are divided by ``avg_num_neighbors ** norm_power`` (MACE: 1).
         readout_hidden: hidden width of the last readout MLP.
+        charge_spin: condition on the total charge and spin multiplicity of each structure: a
+            learned :class:`~mlip.nn.conditioning.ChargeSpinEmbedding` is added to the species
+            embedding (the ``channels[0]`` initial scalars). Off (default): no parameters, and
+            ``charge`` / ``spin`` given to ``forward`` are ignored.
+        max_abs_charge: total charges ``-max_abs_charge .. max_abs_charge`` (e) are embedded.
+        max_spin: multiplicities ``1 .. max_spin`` are embedded.
     """
 
     def __init__(
@@ -265,6 +272,9 @@ class MACE(nn.Module):
         avg_num_neighbors: float = 1.0,
         norm_power: float = 1.0,
         readout_hidden: int = 16,
+        charge_spin: bool = False,
+        max_abs_charge: int = 10,
+        max_spin: int = 11,
     ) -> None:
         super().__init__()
         self.config = constructor_config(locals())
@@ -304,20 +314,34 @@ class MACE(nn.Module):
                 readout = nn.Linear(num_features, 1, bias=False)
             self.readouts.append(readout)
             channels_in = channels_out
+        # created last, so that the other weights do not depend on charge_spin for a given seed
+        self.charge_spin_embedding = (
+            ChargeSpinEmbedding(num_features, max_abs_charge, max_spin) if charge_spin else None
+        )
 
     def forward(
-        self, species: Tensor, edge_vec: Tensor, edge_index: Tensor, batch: Tensor
+        self,
+        species: Tensor,
+        edge_vec: Tensor,
+        edge_index: Tensor,
+        batch: Tensor,
+        charge: Tensor | None = None,
+        spin: Tensor | None = None,
     ) -> Tensor:
         """Per-atom energies ``[N]`` (before scale, shift and E0).
 
         ``species [N]`` long indices into the potential's element list, ``edge_vec [E, 3]`` Å
         (``r_ij = pos[j] - pos[i]`` plus image shift), ``edge_index [2, E]`` (row 0 = j, row 1 = i),
-        ``batch [N]`` structure index (unused; part of the model interface).
+        ``batch [N]`` structure index, ``charge [B]`` total charge (e) and ``spin [B]``
+        multiplicity ``2S + 1`` per structure (used only with ``charge_spin``; None: 0 and 1).
         """
         r = edge_vec.norm(dim=-1)
         sh = spherical_harmonics(self.l_sh, edge_vec)
         norm = self.avg_num_neighbors ** (-self.norm_power)
-        h = [self.embedding(species).unsqueeze(-1)]
+        x0 = self.embedding(species)
+        if self.charge_spin_embedding is not None:
+            x0 = x0 + self.charge_spin_embedding(charge, spin, batch)
+        h = [x0.unsqueeze(-1)]
         energy = h[0].new_zeros(h[0].shape[0])
         for interaction, product, linear, self_connection, readout in zip(
             self.interactions,

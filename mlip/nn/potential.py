@@ -19,13 +19,19 @@ class Potential(nn.Module):
     """Energy, forces and stress of a batch from any per-atom energy model.
 
     ``E = sum_i (scale[s_i] * (model_i - model_iso[s_i]) + shift[s_i] + E0[s_i])``, where
-    ``model_iso`` is the model's output for a lone atom of each species, so an atom without
-    neighbours has energy ``E0 + shift`` exactly. Forces ``-dE/dpos`` and stress
-    ``(1/V) dE/d(strain)`` come from one autograd pass over positions and a symmetric strain applied
-    to positions and cell. Double backward works (force and stress losses in training).
+    ``model_iso`` is the model's output for a lone neutral singlet atom of each species (total
+    charge 0, multiplicity 1), so an atom without neighbours in a neutral singlet structure has
+    energy ``E0 + shift`` exactly; for a charge-conditioned model (``charge_spin``) a lone ion gets
+    ``E0 + shift`` plus the learned difference between the charged and the neutral atom. Forces
+    ``-dE/dpos`` and stress ``(1/V) dE/d(strain)`` come from one autograd pass over positions and a
+    symmetric strain applied to positions and cell. Double backward works (force and stress losses
+    in training).
 
     Args:
-        model: module with ``forward(species, edge_vec, edge_index, batch) -> [N]``.
+        model: module with ``forward(species, edge_vec, edge_index, batch, charge=None,
+            spin=None) -> [N]``; ``charge`` and ``spin`` (``[B]``, see :mod:`mlip.keys`) come
+            from the batch when it has them, and a model without charge/spin conditioning
+            ignores them.
         cutoff: neighbour cutoff, Å (must equal the model's ``r_max``).
         species: atomic numbers the model knows, in the order of its species indices.
         e0: per-species isolated-atom energies, eV (default zeros).
@@ -77,7 +83,8 @@ class Potential(nn.Module):
         return idx
 
     def isolated_atom_output(self) -> Tensor:
-        """The model's raw output ``[S]`` for one lone atom of each species."""
+        """The model's raw output ``[S]`` for one lone neutral singlet atom of each species
+        (total charge 0, spin multiplicity 1), each its own structure."""
         n = self.species.shape[0]
         device = self.species.device
         return self.model(
@@ -85,6 +92,8 @@ class Potential(nn.Module):
             self.e0.new_zeros(0, 3),
             torch.zeros(2, 0, dtype=torch.long, device=device),
             torch.arange(n, device=device),
+            charge=self.e0.new_zeros(n),
+            spin=self.e0.new_ones(n),
         )
 
     def forward(
@@ -94,7 +103,8 @@ class Potential(nn.Module):
         stress: bool = False,
         create_graph: bool | None = None,
     ) -> dict[str, Tensor]:
-        """Predictions for a ``torch_geometric`` batch with the fields of :mod:`mlip.keys`.
+        """Predictions for a ``torch_geometric`` batch with the fields of :mod:`mlip.keys`
+        (``charge`` and ``spin`` optional: neutral singlet when absent).
 
         Returns ``energy [B]`` eV, ``node_energy [N]`` eV, and when asked ``forces [N, 3]`` eV/Å
         and ``stress [B, 3, 3]`` eV/Å³ (ASE sign; zero for structures without a cell volume).
@@ -129,7 +139,14 @@ class Potential(nn.Module):
             pos[src] - pos[dst] + torch.einsum("ei,eij->ej", shifts, cell[graph_of_atom[dst]])
         )
 
-        out = self.model(species, edge_vec, batch[keys.EDGE_INDEX], graph_of_atom)
+        out = self.model(
+            species,
+            edge_vec,
+            batch[keys.EDGE_INDEX],
+            graph_of_atom,
+            charge=batch[keys.CHARGE] if keys.CHARGE in batch else None,
+            spin=batch[keys.SPIN] if keys.SPIN in batch else None,
+        )
         out = out - self.isolated_atom_output()[species]
         node_energy = out * self.scale[species] + self.shift[species] + self.e0[species]
         energy = node_energy.new_zeros(num_graphs).index_add(0, graph_of_atom, node_energy)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from mlip.export import MODEL_CLASSES, atomic_torch_save
+from mlip.export import MODEL_CLASSES, atomic_torch_save, build_potential
 from mlip.nn.potential import Potential
 
 
@@ -49,14 +48,9 @@ def potential_from_checkpoint(checkpoint: dict[str, Any], ema: bool = True) -> P
     info = checkpoint.get("mlip")
     if not isinstance(info, dict) or info.get("model_class") not in MODEL_CLASSES:
         raise ValueError("not an mlip training checkpoint (no 'mlip' entry with a known model)")
-    module = importlib.import_module(MODEL_CLASSES[info["model_class"]])
-    cls = getattr(module, info["model_class"])
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(getattr(torch, info["dtype"]))
-    try:
-        potential = Potential(cls(**info["model_config"]), info["cutoff"], info["species"])
-    finally:
-        torch.set_default_dtype(old)
+    potential = build_potential(
+        info["model_class"], info["model_config"], info["cutoff"], info["species"], info["dtype"]
+    )
     state = checkpoint["state_dict"]
     prefix = (
         "ema.module." if ema and any(k.startswith("ema.module.") for k in state) else "potential."
