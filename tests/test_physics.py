@@ -242,3 +242,35 @@ def test_mixed_pbc_slab(potential):
     assert out["forces"][2, 2] == pytest.approx(fd, rel=1e-6, abs=1e-9)
     periodic = predict(potential, rattled_silicon(seed=4))
     assert abs(periodic["energy"][0] - out["energy"][0]) > 1e-3
+
+
+def test_frozen_reference_cache_follows_weight_changes(potential):
+    """A frozen potential caches the lone-atom output; changing weights in place, loading a state
+    dict or converting the dtype must give what an uncached (trainable) potential gives."""
+    potential.requires_grad_(False)
+    batch = atoms_to_batch([ethanol()], CUTOFF, dtype=torch.float64)
+    first = potential(batch, forces=False)["energy"]
+    assert torch.equal(first, potential(batch, forces=False)["energy"])
+
+    def uncached() -> torch.Tensor:
+        potential.requires_grad_(True)
+        try:
+            return potential(batch, forces=False, create_graph=False)["energy"].detach()
+        finally:
+            potential.requires_grad_(False)
+
+    with torch.no_grad():
+        potential.model.embedding.weight.mul_(1.5)  # in place, as an optimiser step
+    changed = potential(batch, forces=False)["energy"]
+    assert not torch.allclose(changed, first)
+    torch.testing.assert_close(changed, uncached(), rtol=0, atol=1e-12)
+
+    state = {k: v.clone() for k, v in potential.state_dict().items()}
+    state["model.embedding.weight"] /= 1.5
+    potential.load_state_dict(state)
+    torch.testing.assert_close(potential(batch, forces=False)["energy"], first, rtol=0, atol=1e-12)
+
+    potential.to(torch.float32)
+    single = potential(atoms_to_batch([ethanol()], CUTOFF, dtype=torch.float32), forces=False)
+    assert single["energy"].dtype == torch.float32
+    torch.testing.assert_close(single["energy"].double(), first, rtol=1e-5, atol=1e-4)

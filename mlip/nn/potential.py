@@ -96,6 +96,25 @@ class Potential(nn.Module):
             spin=self.e0.new_ones(n),
         )
 
+    def _reference_output(self) -> Tensor:
+        """:meth:`isolated_atom_output`, cached while no parameter needs a gradient.
+
+        A frozen model (inference: ASE calculator, MD, relaxation) gets the same lone-atom output
+        every call, so it is computed once and reused until a parameter or buffer is replaced or
+        changed in place (``load_state_dict``, ``.to()``, an optimiser step: the key holds every
+        tensor's identity, storage, version counter, dtype and device). With trainable parameters
+        it is recomputed every call, inside the autograd graph.
+        """
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        if any(t.requires_grad for t in tensors):
+            return self.isolated_atom_output()
+        key = tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        if getattr(self, "_reference_key", None) != key:
+            with torch.no_grad():
+                self._reference = self.isolated_atom_output()
+            self._reference_key = key
+        return self._reference
+
     def forward(
         self,
         batch,
@@ -147,7 +166,7 @@ class Potential(nn.Module):
             charge=batch[keys.CHARGE] if keys.CHARGE in batch else None,
             spin=batch[keys.SPIN] if keys.SPIN in batch else None,
         )
-        out = out - self.isolated_atom_output()[species]
+        out = out - self._reference_output()[species]
         node_energy = out * self.scale[species] + self.shift[species] + self.e0[species]
         energy = node_energy.new_zeros(num_graphs).index_add(0, graph_of_atom, node_energy)
         result = {keys.ENERGY: energy, keys.NODE_ENERGY: node_energy}
