@@ -185,7 +185,7 @@ def test_energy_smooth_at_cutoff(potential):
     inside = dimer(CUTOFF - 1e-3)
     assert abs(inside["energy"][0] - (-5.0)) < 1e-6
     assert np.abs(inside["forces"]).max() < 1e-5
-    assert abs(dimer(CUTOFF - 0.5)["energy"][0] - (-5.0)) > 1e-4
+    assert abs(dimer(CUTOFF - 1.0)["energy"][0] - (-5.0)) > 1e-4
 
 
 def test_unknown_element_is_named(potential):

@@ -46,26 +46,30 @@ class EquivariantLinear(nn.Module):
         return out
 
 
-class Convolution(nn.Module):
-    """Message passing: channel-wise tensor product of neighbour features with ``Y(r_ij)``.
+class ChannelwiseMessages(nn.Module):
+    """Neighbour sums of channel-wise tensor products of neighbour features with ``Y(r_ij)``.
 
-    For every path ``(l1 of h_j) x (l2 of Y) -> l3`` with ``l1 + l2 + l3`` even (parity kept),
-    ``m_ij[l3, c] = R_path,c(r_ij) * CG(h_j[l1, c] (x) Y_l2)``; messages are summed over ``j``,
-    divided by ``avg_num_neighbors ** norm_power``, mixed by a linear map into ``channels_out``
-    and added to a linear self-connection of ``h_i``.
+    For every path ``(l1 of h_j) x (l2 of Y) -> l3 <= l_out`` with ``l1 + l2 + l3`` even (parity
+    kept), ``m_ij[l3, c] = R_path,c(r_ij) * CG(h_j[l1, c] (x) Y_l2)`` ("uvu"); the messages are summed
+    over ``j`` and multiplied by ``norm``. The output has one channel per (input channel, path)
+    for each ``l3`` (:attr:`channels_out`); :class:`Convolution` (Facet) and
+    :class:`mlip.nn.mace.Interaction` (MACE-like) mix it with a linear map.
 
     Args:
         channels_in: channels per degree of ``h``.
-        channels_out: channels per degree of the output.
         l_sh: maximum degree of the edge spherical harmonics.
+        l_out: maximum degree of the messages.
         r_max: cutoff radius, Å.
         radial: ``"spline"`` (:class:`SplineRadial`) or ``"bessel_mlp"`` (:class:`BesselMLPRadial`).
         num_radial: number of radial basis functions.
+        radial_hidden: hidden widths of the radial MLP (``"bessel_mlp"`` only).
 
     Implementation: the paths of one input degree ``l1`` form a group whose messages are one
     ``[E, C1, M]`` block (``M`` = the summed ``2 l3 + 1`` of its paths). Per edge, ``Y`` times the
     group's CG block gives ``t [2l1+1, M]`` and ``msg = h_j t``, scaled column-wise by the radial
-    weight of each column's path. Two equivalent evaluations, chosen per group by size:
+    weight of each column's path. The radial weights are ``features(r) @ matrix`` (a linear last
+    layer), evaluated straight into the layout each group needs. Two equivalent evaluations,
+    chosen per group by size:
 
     * ``P (2l1+1) < M`` ("folded", e.g. scalar inputs): the radial weights multiply ``h_j`` first,
       ``xw [C1, P (2l1+1)]``, and the CG block is laid out block-diagonally over the paths, so the
@@ -78,15 +82,15 @@ class Convolution(nn.Module):
     def __init__(
         self,
         channels_in: list[int],
-        channels_out: list[int],
         l_sh: int,
+        l_out: int,
         r_max: float,
         radial: str = "spline",
         num_radial: int = 10,
+        radial_hidden: list[int] | tuple[int, ...] = (64, 64, 64),
     ) -> None:
         super().__init__()
         self.l_sh = l_sh
-        l_out = len(channels_out) - 1
         dim_sh = (l_sh + 1) ** 2
         self.groups: list[tuple[int, list[tuple[int, int]]]] = []  # (l1, [(l2, l3), ...])
         self.group_layout: list[tuple[bool, int]] = []  # (folded, M) per group: see above
@@ -135,21 +139,20 @@ class Convolution(nn.Module):
             self.group_layout.append((folded, width))
             offset += c1 * num_paths
         self.channels_in = list(channels_in)
+        self.channels_out = cols_per_l3
         self.num_weights = offset
-        self.radial = make_radial(radial, r_max, self.num_weights, num_radial)
-        self.linear = EquivariantLinear(cols_per_l3, channels_out, bias=False)
-        self.self_connection = EquivariantLinear(channels_in, channels_out)
+        self.radial = make_radial(radial, r_max, self.num_weights, num_radial, radial_hidden)
 
-    def forward(
+    def messages(
         self, h: Features, sh: Tensor, r: Tensor, edge_index: Tensor, norm: Tensor
     ) -> Features:
         """``h`` node features, ``sh [E, (l_sh+1)^2]``, ``r [E]`` Å, ``edge_index [2, E]`` (j, i),
-        ``norm`` the factor applied to the neighbour sums."""
+        ``norm`` the factor applied to the neighbour sums -> ``[N, channels_out[l], 2l+1]``."""
         src, dst = edge_index[0], edge_index[1]
         num_nodes, num_edges = h[0].shape[0], sh.shape[0]
         features = self.radial.features(r)  # [E, F]; radial weights = features @ matrix
         matrix = self.radial.matrix
-        gathered: list[list[Tensor]] = [[] for _ in self.linear.channels_in]
+        gathered: list[list[Tensor]] = [[] for _ in self.channels_out]
         for (l1, paths), (folded, width) in zip(self.groups, self.group_layout, strict=True):
             c1, k = self.channels_in[l1], 2 * l1 + 1
             x = h[l1].index_select(0, src)  # [E, C1, 2l1+1]
@@ -169,8 +172,33 @@ class Convolution(nn.Module):
             for _, l3 in paths:
                 gathered[l3].append(agg[:, :, col : col + 2 * l3 + 1])
                 col += 2 * l3 + 1
-        a = [torch.cat(parts, dim=1) for parts in gathered]
-        out = self.linear(a)
+        return [torch.cat(parts, dim=1) for parts in gathered]
+
+
+class Convolution(ChannelwiseMessages):
+    """Facet's message passing: :class:`ChannelwiseMessages` up to the degrees of
+    ``channels_out``, mixed by a linear map into ``channels_out`` and added to a linear
+    self-connection of ``h_i`` (arguments as :class:`ChannelwiseMessages`)."""
+
+    def __init__(
+        self,
+        channels_in: list[int],
+        channels_out: list[int],
+        l_sh: int,
+        r_max: float,
+        radial: str = "spline",
+        num_radial: int = 10,
+    ) -> None:
+        super().__init__(channels_in, l_sh, len(channels_out) - 1, r_max, radial, num_radial)
+        self.linear = EquivariantLinear(self.channels_out, channels_out, bias=False)
+        self.self_connection = EquivariantLinear(channels_in, channels_out)
+
+    def forward(
+        self, h: Features, sh: Tensor, r: Tensor, edge_index: Tensor, norm: Tensor
+    ) -> Features:
+        """``h`` node features, ``sh [E, (l_sh+1)^2]``, ``r [E]`` Å, ``edge_index [2, E]`` (j, i),
+        ``norm`` the factor applied to the neighbour sums."""
+        out = self.linear(self.messages(h, sh, r, edge_index, norm))
         skip = self.self_connection(h)
         return [o + s for o, s in zip(out, skip, strict=True)]
 

@@ -18,9 +18,8 @@ from torch import Tensor, nn
 
 from mlip.nn.conditioning import ChargeSpinEmbedding
 from mlip.nn.config import constructor_config
-from mlip.nn.layers import EquivariantLinear, Features
-from mlip.nn.radial import make_radial
-from mlip.nn.sphere import SphericalGrid, clebsch_gordan, irrep_slice, spherical_harmonics
+from mlip.nn.layers import ChannelwiseMessages, EquivariantLinear, Features
+from mlip.nn.sphere import SphericalGrid, irrep_slice, spherical_harmonics
 
 
 def product_grid_size(l_in: int, l_out: int, correlation: int) -> tuple[int, int]:
@@ -137,12 +136,13 @@ class ElementLinear(nn.Module):
         return out
 
 
-class Interaction(nn.Module):
+class Interaction(ChannelwiseMessages):
     """MACE interaction: the atomic basis ``A_i`` from the neighbours' features.
 
     ``h -> linear up -> m_ij[l3, c] = R_path,c(r_ij) CG(h_j[l1, c] (x) Y_l2(r_ij))`` for every path
-    ``l1 (x) l2 -> l3 <= l_sh`` with ``l1 + l2 + l3`` even (channel-wise, "uvu"), summed over ``j``,
-    mixed by a linear map into ``channels`` channels of every degree ``0 .. l_sh``, times ``norm``.
+    ``l1 (x) l2 -> l3 <= l_sh`` with ``l1 + l2 + l3`` even (channel-wise, "uvu",
+    :class:`~mlip.nn.layers.ChannelwiseMessages`), summed over ``j``, mixed by a linear map into
+    ``channels`` channels of every degree ``0 .. l_sh``, times ``norm``.
 
     Args:
         channels_in: channels per degree of ``h``.
@@ -164,67 +164,16 @@ class Interaction(nn.Module):
         num_radial: int = 8,
         radial_mlp: list[int] | tuple[int, ...] = (64, 64, 64),
     ) -> None:
-        super().__init__()
-        self.channels_in = list(channels_in)
+        super().__init__(channels_in, l_sh, l_sh, r_max, radial, num_radial, radial_mlp)
         self.linear_up = EquivariantLinear(channels_in, channels_in, bias=False)
-        dim_sh = (l_sh + 1) ** 2
-        self.groups: list[tuple[int, list[tuple[int, int]]]] = []  # (l1, [(l2, l3), ...])
-        cols_per_l3 = [0] * (l_sh + 1)
-        for l1, c1 in enumerate(channels_in):
-            if c1 == 0:
-                continue
-            paths = [
-                (l2, l3)
-                for l2 in range(l_sh + 1)
-                for l3 in range(abs(l1 - l2), min(l1 + l2, l_sh) + 1)
-                if (l1 + l2 + l3) % 2 == 0
-            ]
-            self.groups.append((l1, paths))
-            blocks = []  # component-normalised CG blocks [dim_sh, 2l1+1, 2l3+1] of the group
-            for l2, l3 in paths:
-                block = torch.zeros(dim_sh, 2 * l1 + 1, 2 * l3 + 1, dtype=torch.float64)
-                block[irrep_slice(l2)] = (
-                    clebsch_gordan(l1, l2, l3) * math.sqrt(2 * l3 + 1)
-                ).permute(1, 0, 2)
-                blocks.append(block)
-                cols_per_l3[l3] += c1
-            cg = torch.cat(blocks, dim=-1).reshape(dim_sh, -1).to(torch.get_default_dtype())
-            self.register_buffer(f"cg_{l1}", cg, persistent=False)
-            path_of_col = torch.cat(
-                [torch.full((2 * l3 + 1,), p) for p, (_, l3) in enumerate(paths)]
-            )
-            self.register_buffer(f"path_of_col_{l1}", path_of_col, persistent=False)
-        num_weights = sum(channels_in[l1] * len(paths) for l1, paths in self.groups)
-        self.radial = make_radial(radial, r_max, num_weights, num_radial, radial_mlp)
-        self.linear = EquivariantLinear(cols_per_l3, [channels] * (l_sh + 1), bias=False)
+        self.linear = EquivariantLinear(self.channels_out, [channels] * (l_sh + 1), bias=False)
 
     def forward(
         self, h: Features, sh: Tensor, r: Tensor, edge_index: Tensor, norm: Tensor
     ) -> Features:
         """``h`` node features, ``sh [E, (l_sh+1)^2]``, ``r [E]`` Å, ``edge_index [2, E]`` (j, i),
         ``norm`` the factor applied to the neighbour sums -> ``A[l] [N, channels, 2l+1]``."""
-        h = self.linear_up(h)
-        src, dst = edge_index[0], edge_index[1]
-        num_nodes = h[0].shape[0]
-        weights = self.radial(r)
-        gathered: list[list[Tensor]] = [[] for _ in self.linear.channels_in]
-        offset = 0
-        for l1, paths in self.groups:
-            c1 = self.channels_in[l1]
-            cg = getattr(self, f"cg_{l1}")
-            t = (sh @ cg).reshape(
-                sh.shape[0], 2 * l1 + 1, cg.shape[1] // (2 * l1 + 1)
-            )  # [E, 2l1+1, M]
-            msg = torch.bmm(h[l1][src], t)  # [E, C1, M]
-            w = weights[:, offset : offset + c1 * len(paths)].reshape(-1, c1, len(paths))
-            offset += c1 * len(paths)
-            msg = msg * w[:, :, getattr(self, f"path_of_col_{l1}")]
-            agg = msg.new_zeros(num_nodes, c1, msg.shape[-1]).index_add_(0, dst, msg)
-            col = 0
-            for _, l3 in paths:
-                gathered[l3].append(agg[:, :, col : col + 2 * l3 + 1])
-                col += 2 * l3 + 1
-        return [x * norm for x in self.linear([torch.cat(parts, dim=1) for parts in gathered])]
+        return self.linear(self.messages(self.linear_up(h), sh, r, edge_index, norm))
 
 
 class MACE(nn.Module):
