@@ -107,6 +107,23 @@ def test_bad_input_names_file_and_frame(tmp_path, kind, message):
     assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("kind", "kept", "message"),
+    [
+        ("nan_forces", 3, "frame 2: forces contains NaN or inf"),
+        ("missing_label", 3, "frame 2: energy missing (looked for 'energy')"),
+        ("malformed", 2, "frame 2: cannot parse"),  # the rest of an extxyz file is unreadable
+    ],
+)
+def test_bad_frames_can_be_skipped_and_counted(tmp_path, kind, kept, message):
+    path = write_bad(tmp_path, kind)
+    dm = module(train=path, index=":", on_error="skip", val_fraction=0.0, test_fraction=0.0)
+    assert len(dm.splits["train"]) == kept
+    described = dm.describe()
+    assert described["num_bad_frames"] == 1 and described["on_error"] == "skip"
+    assert described["bad_frames"][0].startswith(f"{path}, {message}")
+
+
 def test_unknown_label_key_names_file_and_frame():
     with pytest.raises(
         DataError, match=r"Si_train.xyz, frame 57: energy missing \(looked for 'E_dft'\)"
@@ -123,6 +140,10 @@ def test_element_only_in_test_set_is_rejected(tmp_path):
     ase.io.write(tmp_path / "test.xyz", [frames[3], odd])
     with pytest.raises(DataError, match="test.xyz, frame 1: element Ge of the test set"):
         module(train=tmp_path / "train.xyz", test=tmp_path / "test.xyz", index=":")
+    dm = module(
+        train=tmp_path / "train.xyz", test=tmp_path / "test.xyz", index=":", on_error="skip"
+    )
+    assert len(dm.splits["test"]) == 1 and dm.describe()["num_bad_frames"] == 1
 
 
 def test_missing_file_is_a_data_error(tmp_path):

@@ -2,13 +2,15 @@
 
 All data is read, checked and turned into graphs in :meth:`AtomsDataModule.setup`, before any
 training step: a missing label, a malformed frame, NaN forces or an element that only the test set
-holds stops the run with a :class:`~mlip.data.readers.DataError` naming the file and frame.
+holds stops the run with a :class:`~mlip.data.readers.DataError` naming the file and frame, or,
+with ``on_error="skip"``, leaves that frame out and counts it (:meth:`AtomsDataModule.describe`
+lists the first few). For data too large to hold in memory see :mod:`mlip.data.streaming`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,15 +19,19 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.data import chemical_symbols
-from ase.io.formats import string2index
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
 from mlip.data.graph import atoms_to_graph
-from mlip.data.readers import DataError, LabelKeys, iter_frames
+from mlip.data.readers import DataError, LabelKeys
 from mlip.data.stats import DatasetStatistics, compute_statistics, is_isolated_atom
+from mlip.data.tools import BadFrames, OnError, iter_atoms
 
 Paths = str | os.PathLike | Sequence[str | os.PathLike]
+SHOWN = 10
+"""Bad frames listed by name in the log and in ``describe()`` (all are counted)."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,6 +44,14 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.frames)
+
+    def select(self, keep: Sequence[int]) -> Split:
+        """The frames at positions ``keep``."""
+        return Split(
+            [self.frames[k] for k in keep],
+            [self.sources[k] for k in keep],
+            [self.graphs[k] for k in keep],
+        )
 
 
 class AtomsDataModule(pl.LightningDataModule):
@@ -66,6 +80,12 @@ class AtomsDataModule(pl.LightningDataModule):
         shuffle: shuffle the training set every epoch.
         num_workers: data-loading worker processes.
         dtype: ``"float32"`` or ``"float64"``, the dtype of positions and labels.
+        on_error: ``"raise"``: a bad frame (unreadable, a required label missing, NaN or inf, no
+            atoms, no graph, an element of the validation/test set the training set lacks) stops
+            :meth:`setup` with a :class:`DataError` naming file and frame; ``"skip"``: it is left
+            out and counted (``describe()["num_bad_frames"]``, the first few named in the log
+            and in ``describe()["bad_frames"]``). A file that stops parsing skips its remaining
+            frames as one bad entry.
     """
 
     def __init__(
@@ -86,8 +106,11 @@ class AtomsDataModule(pl.LightningDataModule):
         shuffle: bool = True,
         num_workers: int = 0,
         dtype: str = "float32",
+        on_error: OnError = "raise",
     ) -> None:
         super().__init__()
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 <= fraction < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {fraction}")
@@ -109,6 +132,8 @@ class AtomsDataModule(pl.LightningDataModule):
         self.shuffle = bool(shuffle)
         self.num_workers = int(num_workers)
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        self.on_error = on_error
+        self.bad = BadFrames(keep=SHOWN)
         self.splits: dict[str, Split] = {}
         self.isolated: list[Atoms] = []
         self.statistics: DatasetStatistics | None = None
@@ -149,18 +174,26 @@ class AtomsDataModule(pl.LightningDataModule):
                 f"{_names(self.train_paths)}: no frames left for training after the split"
             )
 
-        known = {int(z) for atoms in held["train"][0] + self.isolated for z in atoms.numbers}
-        for name in ("val", "test"):
-            for atoms, source in zip(*held[name], strict=True):
-                unknown = sorted(set(atoms.numbers.tolist()) - known)
-                if unknown:
-                    symbols = ", ".join(chemical_symbols[z] for z in unknown)
-                    raise DataError(
-                        f"{source}: element {symbols} of the {name} set is not in the training data"
-                    )
         for name in ("train", "val", "test"):
-            frames_, sources_ = held[name]
-            self.splits[name] = Split(frames_, sources_, self._graphs(frames_, sources_))
+            self.splits[name] = self._split(*held[name])
+        if not self.splits["train"].frames:
+            raise DataError(f"{_names(self.train_paths)}: no training frames left (all bad)")
+        known = {
+            int(z) for atoms in self.splits["train"].frames + self.isolated for z in atoms.numbers
+        }
+        for name in ("val", "test"):
+            split, keep = self.splits[name], []
+            for k, (atoms, source) in enumerate(zip(split.frames, split.sources, strict=True)):
+                unknown = sorted(set(atoms.numbers.tolist()) - known)
+                if not unknown:
+                    keep.append(k)
+                    continue
+                symbols = ", ".join(chemical_symbols[z] for z in unknown)
+                error = f"{source}: element {symbols} of the {name} set is not in the training data"
+                self.bad.add(DataError(error), self.on_error)
+            self.splits[name] = split.select(keep)
+        if self.bad.count:
+            _log_bad(self.bad)
         train = self.splits["train"]
         self.statistics = compute_statistics(
             train.frames,
@@ -169,30 +202,32 @@ class AtomsDataModule(pl.LightningDataModule):
         )
 
     def _read(self, paths: list[str], required: Sequence[str]) -> tuple[list[Atoms], list[str]]:
+        """The good frames of ``paths`` and where each came from; bad ones go to ``self.bad``."""
         frames, sources = [], []
         for path in paths:
-            numbers = _frame_numbers(self.index)
-            for k, atoms in enumerate(iter_frames(path, self.index, self.label_keys, required)):
-                source = f"{path}, frame {numbers[k] if numbers is not None else k}"
-                if (
-                    not np.isfinite(atoms.positions).all()
-                    or not np.isfinite(atoms.cell.array).all()
-                ):
-                    raise DataError(f"{source}: positions or cell contain NaN or inf")
-                if len(atoms) == 0:
-                    raise DataError(f"{source}: frame has no atoms")
+            for source, atoms in iter_atoms(path, self.label_keys, required, self.index):
+                error = atoms if isinstance(atoms, DataError) else _frame_problem(atoms, source)
+                if error is not None:
+                    self.bad.add(error, self.on_error)
+                    continue
                 frames.append(atoms)
                 sources.append(source)
         return frames, sources
 
-    def _graphs(self, frames: list[Atoms], sources: list[str]) -> list[Data]:
-        graphs = []
+    def _split(self, frames: list[Atoms], sources: list[str]) -> Split:
+        """The frames whose graphs could be built, with those graphs."""
+        split = Split([], [], [])
         for atoms, source in zip(frames, sources, strict=True):
             try:
-                graphs.append(atoms_to_graph(atoms, self.cutoff, dtype=self.dtype, labels=True))
+                graph = atoms_to_graph(atoms, self.cutoff, dtype=self.dtype, labels=True)
             except (ValueError, RuntimeError) as err:
-                raise DataError(f"{source}: cannot build its graph: {err}") from err
-        return graphs
+                error = DataError(f"{source}: cannot build its graph: {err}")
+                self.bad.add(error, self.on_error)
+                continue
+            split.frames.append(atoms)
+            split.sources.append(source)
+            split.graphs.append(graph)
+        return split
 
     # -- loaders --------------------------------------------------------------------------------
 
@@ -234,6 +269,9 @@ class AtomsDataModule(pl.LightningDataModule):
             "test_fraction": self.test_fraction if not self.test_paths else None,
             "cutoff": self.cutoff,
             "num_isolated_atoms": len(self.isolated),
+            "on_error": self.on_error,
+            "num_bad_frames": self.bad.count,
+            "bad_frames": self.bad.messages[:SHOWN],
         }
         for name, split in self.splits.items():
             out[f"num_{name}_frames"] = len(split)
@@ -253,15 +291,20 @@ def _names(paths: list[str]) -> str:
     return ", ".join(paths)
 
 
-def _frame_numbers(index: str | int | slice) -> range | None:
-    """Positions in the file of the frames ``index`` selects, when known without reading."""
-    selection = string2index(index) if isinstance(index, str) else index
-    if isinstance(selection, int):
-        return range(selection, selection + 1) if selection >= 0 else None
-    parts = (selection.start, selection.stop, selection.step)
-    if any(v is not None and v < 0 for v in parts):
-        return None
-    return range(sys.maxsize)[selection]
+def _frame_problem(atoms: Atoms, source: str) -> DataError | None:
+    """What makes a labelled frame unusable (non-finite positions or cell, no atoms), if anything."""
+    if not np.isfinite(atoms.positions).all() or not np.isfinite(atoms.cell.array).all():
+        return DataError(f"{source}: positions or cell contain NaN or inf")
+    if len(atoms) == 0:
+        return DataError(f"{source}: frame has no atoms")
+    return None
+
+
+def _log_bad(bad: BadFrames) -> None:
+    """Log how many frames were skipped as bad, naming the first :data:`SHOWN`."""
+    shown = "\n  ".join(bad.messages[:SHOWN])
+    more = f"\n  ... and {bad.count - SHOWN} more" if bad.count > SHOWN else ""
+    log.warning("skipped %d bad frame(s) (on_error=skip):\n  %s%s", bad.count, shown, more)
 
 
 __all__ = ["AtomsDataModule", "Split"]

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.data import chemical_symbols
+from ase.io.formats import string2index
 from torch.utils.data import Dataset, Subset
 from torch_geometric.data import Data
 from tqdm import tqdm
@@ -29,7 +30,9 @@ from mlip.data.graph import atoms_to_graph
 from mlip.data.lmdb import GraphLMDBDataset, GraphLMDBWriter, LMDBDataset
 from mlip.data.mptrj import is_mptrj, iter_mptrj
 from mlip.data.readers import (
+    LABELS,
     DataError,
+    Index,
     LabelKeys,
     _database_frames,
     _file_frames,
@@ -49,14 +52,20 @@ class BadFrames:
     count: int = 0
     messages: list[str] = field(default_factory=list)
     keep: int = 10_000
+    indices: list[int] = field(default_factory=list)
+    """Dataset indices of all bad frames, where the pass knew them (:func:`dataset_graphs`)."""
 
-    def add(self, error: Exception, on_error: OnError) -> None:
-        """Raise ``error`` (``on_error="raise"``) or count it."""
+    def add(self, error: Exception, on_error: OnError, index: int | None = None) -> None:
+        """Raise ``error`` (``on_error="raise"``) or count it (with the frame's ``index``)."""
         if on_error == "raise":
             raise error
+        if on_error != "skip":
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.count += 1
         if len(self.messages) < self.keep:
             self.messages.append(str(error))
+        if index is not None:
+            self.indices.append(int(index))
 
 
 @dataclass
@@ -179,6 +188,27 @@ class StreamingStats:
         if len(self.stats.outliers) < self.keep:
             self.stats.outliers.append(message)
 
+    def e0_with(self, fixed: dict[int, float]) -> dict[int, float]:
+        """Per-element reference energies (eV) with the elements of ``fixed`` held at its values
+        (e.g. isolated-atom energies) and the others fitted by least squares of what remains of
+        the total energies, ``A_ff e_f = b_f - A_fF e_F`` in the normal equations (minimum-norm
+        where compositions do not determine them, 0 for an element only in frames without an
+        energy); every element seen or fixed is in the result.
+        """
+        fixed = {int(z): float(e) for z, e in fixed.items()}
+        present = set(np.flatnonzero(self.counts).tolist()) | set(fixed)
+        free = np.array(sorted(present - set(fixed)), dtype=np.int64)
+        given = np.array(sorted(fixed), dtype=np.int64)
+        e0 = dict(fixed)
+        if len(free):
+            if not self.num_energies:
+                raise DataError("no frame has an energy: cannot fit E0s")
+            values = np.array([fixed[z] for z in given.tolist()])
+            rhs = self.xty[free] - self.xtx[np.ix_(free, given)] @ values
+            solution = np.linalg.lstsq(self.xtx[np.ix_(free, free)], rhs, rcond=None)[0]
+            e0.update({int(z): float(e) for z, e in zip(free, solution, strict=True)})
+        return dict(sorted(e0.items()))
+
     def result(self, bad: BadFrames | None = None) -> DatasetStats:
         """The statistics so far (with the bad frames of ``bad``, if given)."""
         stats = self.stats
@@ -238,7 +268,7 @@ def dataset_graphs(
             graph = dataset[index]
             _check_elements(graph.z, allowed, describe(index))
         except DataError as err:
-            bad.add(err, on_error)
+            bad.add(err, on_error, index)
             continue
         yield describe(index), graph
 
@@ -297,32 +327,40 @@ def iter_atoms(
     path: str | Path,
     keys: LabelKeys | None = None,
     required: Sequence[str] = ("energy", "forces"),
+    index: Index = ":",
 ) -> Iterator[tuple[str, Atoms | DataError]]:
-    """``(where, labelled atoms)`` for every frame of ``path``, or ``(where, DataError)`` for a bad
-    one, so that a pass can go on past it; a file that cannot be parsed any further ends with one
-    error for the rest of the file."""
+    """``(where, labelled atoms)`` for every frame ``index`` selects from ``path`` (as
+    ``ase.io.read`` takes it, ``":"`` for all), or ``(where, DataError)`` for a bad one, so that a
+    pass can go on past it; a file that cannot be parsed any further ends with one error for the
+    rest of the file."""
+    unknown = sorted(set(required) - set(LABELS))
+    if unknown:
+        raise ValueError(f"required labels must be among {LABELS}, got {unknown}")
     path = Path(path)
     keys = keys or LabelKeys()
+    if isinstance(index, str):
+        index = string2index(index)
+    selection = slice(index, index + 1 or None) if isinstance(index, int) else index
     if path.is_dir() or path.suffix == ".aselmdb":
         dataset = LMDBDataset(path, cutoff=0.0, keys=keys, required=required)
         with dataset:
-            for index in range(len(dataset)):
+            for position in range(len(dataset))[selection]:
                 try:
-                    yield dataset.describe(index), dataset.get_atoms(index)
+                    yield dataset.describe(position), dataset.get_atoms(position)
                 except DataError as err:
-                    yield dataset.describe(index), err
+                    yield dataset.describe(position), err
         return
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
     if path.suffix == ".db":
-        frames = _database_frames([path], slice(None))
+        frames = _database_frames([path], selection)
     elif path.suffix == ".json" and is_mptrj(path):
-        frames = iter_mptrj(path, energy=keys.energy)
+        frames = iter_mptrj(path, selection, energy=keys.energy)
         keys = LabelKeys()
     else:
-        frames = _file_frames(path, slice(None))
+        frames = _file_frames(path, selection)
     try:
         for file, frame, atoms in frames:
             where = f"{file}, frame {frame}"

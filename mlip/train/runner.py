@@ -32,12 +32,16 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mlip.data.datamodule import AtomsDataModule
+from mlip.data.streaming import LMDBDataModule
 from mlip.export import save_model
 from mlip.nn.potential import Potential
 from mlip.train import CONF_DIR
 from mlip.train.checkpoint import AtomicCheckpointIO, load_checkpoint, remove_partial_checkpoints
 from mlip.train.metrics import UNITS
 from mlip.train.module import PotentialModule
+
+DataModule = AtomsDataModule | LMDBDataModule
+"""What ``cfg.data`` builds: frames in memory, or streamed from LMDB (``data=lmdb``)."""
 
 
 @dataclass
@@ -47,7 +51,7 @@ class TrainResult:
     run_dir: Path
     model_path: Path | None
     module: PotentialModule
-    datamodule: AtomsDataModule
+    datamodule: DataModule
     trainer: pl.Trainer
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -86,7 +90,7 @@ def default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(old)
 
 
-def build_potential(cfg: DictConfig, datamodule: AtomsDataModule) -> Potential:
+def build_potential(cfg: DictConfig, datamodule: DataModule) -> Potential:
     """The model of ``cfg.model`` inside a :class:`Potential`, with the data's statistics."""
     stats = datamodule.statistics
     with default_dtype(getattr(torch, cfg.dtype)):
@@ -116,7 +120,7 @@ def train(cfg: DictConfig) -> TrainResult:
         torch.set_num_threads(int(cfg.num_threads))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    datamodule: AtomsDataModule = instantiate(cfg.data, _convert_="all")
+    datamodule: DataModule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("fit")  # reads and checks every file before anything trains
     potential = build_potential(cfg, datamodule)
     metadata = {
@@ -173,6 +177,7 @@ def train(cfg: DictConfig) -> TrainResult:
     if trainer.is_global_zero:
         metadata.update(
             {
+                "data": datamodule.describe(),  # now with the bad frames the loaders skipped
                 "errors": metrics,
                 "epochs": trainer.current_epoch,
                 "global_step": trainer.global_step,
@@ -198,7 +203,7 @@ def _finish(loggers: list) -> None:
 @rank_zero_only
 def _report_start(
     cfg: DictConfig,
-    datamodule: AtomsDataModule,
+    datamodule: DataModule,
     potential: Potential,
     resume_from: Path | None,
     trainer: pl.Trainer,
@@ -216,6 +221,7 @@ def _report_start(
         f"  model: {type(potential.model).__name__}, {params} parameters, {cfg.dtype}",
         flush=True,
     )
+    _report_bad(described)
     if resume_from is not None:
         info = load_checkpoint(resume_from)
         print(
@@ -223,6 +229,15 @@ def _report_start(
             f"global step {info.get('global_step')})",
             flush=True,
         )
+
+
+def _report_bad(described: dict) -> None:
+    """One line per bad frame the data module left out (``data.on_error=skip``), the first few."""
+    count, named = described.get("num_bad_frames", 0), described.get("bad_frames", [])
+    if count:
+        shown = "".join(f"\n    {message}" for message in named)
+        more = f"\n    ... and {count - len(named)} more" if count > len(named) else ""
+        print(f"  skipped {count} bad frame(s) (data.on_error=skip):{shown}{more}", flush=True)
 
 
 def _report_end(
@@ -241,6 +256,9 @@ def _report_end(
             if mae is not None:
                 pretty = unit.replace("_per_", "/").replace("A3", "Å³").replace("A", "Å")
                 lines.append(f"  {name:<7} MAE {mae:9.2f}  RMSE {rmse:9.2f}  {pretty}")
+    loaded = datamodule.describe().get("num_bad_frames_loaded")
+    if loaded:
+        lines.append(f"  {loaded} bad frame(s) skipped while loading (see train.log)")
     path = model_path.resolve()
     lines += [
         f"Model file: {path}",
