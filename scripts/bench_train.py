@@ -61,12 +61,15 @@ SHARED_OVERRIDES = [
     "data.eval_batch_size=25",
 ]
 OUR_MODELS = {
-    # Facet: two layers, 32x0e + 16x1o + 8x2e
+    # Facet: two layers, 64x0e + 32x1o + 16x2e, edge harmonics up to l = 3, residual gates open
     "facet": [
         "model=facet",
-        "model.channels=[32,16,8]",
+        "model.channels=[64,32,16]",
+        "model.l_sh=3",
         "model.num_layers=2",
-        "model.grid_channels=16",
+        "model.grid_channels=32",
+        "model.grid_hidden=32",
+        "model.gamma_init=1.0",
     ],
     # MACE-like with mace-torch's hyperparameters below: 32x0e + 32x1o, A up to l = 3,
     # correlation 3, two layers, 8 Bessel functions, radial MLP [64, 64, 64]
@@ -196,7 +199,7 @@ def mace_command(args: list[str]) -> list[str]:
 def train_mace(
     data: Path, workdir: Path, budget: float, threads: int, cutoff: float, dtype: str, val: float
 ) -> tuple[Path, dict]:
-    mace_dir = workdir / "mace"
+    mace_dir = workdir / "mace-torch"
     mace_dir.mkdir(parents=True, exist_ok=True)
     train_file = mace_dir / "train.xyz"
     write_mace_file(ase.io.read(data / "train_300K.xyz", ":"), train_file)
