@@ -10,6 +10,7 @@ from ase.build import bulk, molecule
 
 import mlip
 from mlip.nn import Facet
+from mlip.nn.config import default_dtype
 
 # tiny models run fastest on one thread, and a busy 2-core machine slows several threads ~10x
 torch.set_num_threads(1)
@@ -69,20 +70,6 @@ def potential(family) -> mlip.Potential:
     with default_dtype(torch.float64):
         model = make_model(family)
         return mlip.Potential(model, CUTOFF, SPECIES, e0=[-1.0, -2.0, -3.0, -4.0], scale=[1.5] * 4)
-
-
-class default_dtype:
-    """Context manager setting torch's default dtype."""
-
-    def __init__(self, dtype: torch.dtype) -> None:
-        self.dtype = dtype
-
-    def __enter__(self) -> None:
-        self.old = torch.get_default_dtype()
-        torch.set_default_dtype(self.dtype)
-
-    def __exit__(self, *exc) -> None:
-        torch.set_default_dtype(self.old)
 
 
 def rattled_silicon(seed: int = 0) -> Atoms:

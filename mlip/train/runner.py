@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from mlip.data.datamodule import AtomsDataModule
 from mlip.data.streaming import LMDBDataModule
 from mlip.export import save_model
+from mlip.nn.config import default_dtype
 from mlip.nn.potential import Potential
 from mlip.train import CONF_DIR
 from mlip.train.checkpoint import AtomicCheckpointIO, load_checkpoint, remove_partial_checkpoints
@@ -80,20 +80,10 @@ def checkpoint_to_resume(run_dir: Path, resume: str | bool) -> Path | None:
     return last if last.is_file() else None
 
 
-@contextmanager
-def default_dtype(dtype: torch.dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
 def build_potential(cfg: DictConfig, datamodule: DataModule) -> Potential:
     """The model of ``cfg.model`` inside a :class:`Potential`, with the data's statistics."""
     stats = datamodule.statistics
-    with default_dtype(getattr(torch, cfg.dtype)):
+    with default_dtype(cfg.dtype):
         model = instantiate(
             cfg.model,
             num_species=len(stats.species),
