@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.data import chemical_symbols
-from torch_geometric.data import Data
-from torch_geometric.loader import DataLoader
+from torch.utils.data import DataLoader, Dataset
+from torch_geometric.data import Batch, Data
 
 from mlip.data.graph import atoms_to_graph
 from mlip.data.readers import DataError, LabelKeys
@@ -54,7 +54,52 @@ class Split:
         )
 
 
-class AtomsDataModule(pl.LightningDataModule):
+class SplitDataModule(pl.LightningDataModule):
+    """Loaders over the ``"train"``, ``"val"`` and ``"test"`` splits a subclass builds in ``setup``.
+
+    Subclasses set ``batch_size``, ``eval_batch_size``, ``shuffle``, ``num_workers`` and
+    ``splits`` (``len()`` per split) and give :meth:`dataset`; :attr:`collate` makes the batch.
+    Loaders are plain map-style, so Lightning's ``DistributedSampler`` shards them under DDP.
+    """
+
+    batch_size: int
+    eval_batch_size: int
+    shuffle: bool
+    num_workers: int
+    splits: dict
+    collate = staticmethod(Batch.from_data_list)
+
+    def dataset(self, name: str) -> Dataset | Sequence:
+        """What the loader of split ``name`` indexes."""
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, self.shuffle)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, False)
+
+    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
+        self.setup()
+        return DataLoader(
+            self.dataset(name),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def has(self, name: str) -> bool:
+        """Whether split ``name`` (``"train"``, ``"val"``, ``"test"``) holds any frames."""
+        self.setup()
+        return len(self.splits[name]) > 0
+
+
+class AtomsDataModule(SplitDataModule):
     """Train/validation/test graphs from labelled structure files.
 
     Validation and test sets come from their own files when given, else from a seeded random
@@ -229,31 +274,9 @@ class AtomsDataModule(pl.LightningDataModule):
             split.graphs.append(graph)
         return split
 
-    # -- loaders --------------------------------------------------------------------------------
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, self.shuffle)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, False)
-
-    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
-        self.setup()
-        return DataLoader(
-            self.splits[name].graphs,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def has(self, name: str) -> bool:
-        """Whether split ``name`` (``"train"``, ``"val"``, ``"test"``) holds any frames."""
-        self.setup()
-        return len(self.splits[name]) > 0
+    def dataset(self, name: str) -> list[Data]:
+        """The graphs of split ``name``."""
+        return self.splits[name].graphs
 
     def describe(self) -> dict:
         """Plain summary of the data (files, frame counts, split) for model-file metadata."""
@@ -307,4 +330,4 @@ def _log_bad(bad: BadFrames) -> None:
     log.warning("skipped %d bad frame(s) (on_error=skip):\n  %s%s", bad.count, shown, more)
 
 
-__all__ = ["AtomsDataModule", "Split"]
+__all__ = ["AtomsDataModule", "Split", "SplitDataModule"]

@@ -28,13 +28,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from ase.data import chemical_symbols
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torch_geometric.data import Batch, Data
 
+from mlip.data.datamodule import SplitDataModule
 from mlip.data.lmdb import GraphLMDBDataset, LMDBDataset
 from mlip.data.readers import DataError, LabelKeys, read_dataset
 from mlip.data.stats import DatasetStatistics, isolated_atom_energies
@@ -50,7 +50,60 @@ GRAPH_CACHE_SUFFIX = ".lmdb"
 log = logging.getLogger(__name__)
 
 
-class LMDBDataModule(pl.LightningDataModule):
+class Skipped:
+    """A bad frame in a loader's output (``on_error="skip"``): what was wrong, and where."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def collate(items: list[Data | Skipped]) -> Batch:
+    """A ``torch_geometric`` batch of the good graphs of ``items``; the messages of the
+    :class:`Skipped` ones ride along as ``batch.skipped_frames`` for the DataModule to count."""
+    graphs = [item for item in items if isinstance(item, Data)]
+    skipped = [item.message for item in items if isinstance(item, Skipped)]
+    if not graphs:
+        raise DataError(
+            f"all {len(items)} frames of a batch are bad, the first: {skipped[0]}. Find bad frames "
+            "before training with `mlip data check` or data.stats_max_frames=null"
+        )
+    batch = Batch.from_data_list(graphs)
+    if skipped:
+        batch[SKIPPED] = skipped
+    return batch
+
+
+def check_graph(
+    graph: Data,
+    allowed: np.ndarray,
+    required: Sequence[str] = (),
+    species: Sequence[int] | None = None,
+) -> str | None:
+    """What makes ``graph`` unfit for training, or None: no atoms, non-finite positions, cell or
+    labels, a ``required`` label (energy, forces, stress) missing, or an atomic number outside
+    ``allowed`` (a mask over 0..118; ``species`` names the allowed ones in the message)."""
+    if graph.num_nodes == 0:
+        return "frame has no atoms"
+    if not (torch.isfinite(graph.pos).all() and torch.isfinite(graph.cell).all()):
+        return "positions or cell contain NaN or inf"
+    for name in ("energy", "forces", "stress"):
+        present = bool(graph[f"has_{name}"])
+        if name in required and not present:
+            return f"{name} missing"
+        if present and not torch.isfinite(graph[name]).all():
+            return f"{name} contains NaN or inf"
+    numbers = graph.z.numpy()
+    known = (numbers >= 0) & (numbers <= MAX_Z)
+    known[known] = allowed[numbers[known]]
+    if known.all():
+        return None
+    names = ", ".join(sorted({_symbol(int(z)) for z in numbers[~known]}))
+    if species is None:
+        return f"unknown element(s) {names}"
+    return f"element(s) {names} not among the species ({', '.join(map(_symbol, species))})"
+
+
+class LMDBDataModule(SplitDataModule):
     """Train/validation/test graphs read lazily from ASE-LMDB files or a graph cache.
 
     Args:
@@ -257,27 +310,11 @@ class LMDBDataModule(pl.LightningDataModule):
         self.bad.messages += bad.messages[: self.bad.keep - len(self.bad.messages)]
         split.indices = np.delete(split.indices, bad.indices)
 
-    # -- loaders --------------------------------------------------------------------------------
+    collate = staticmethod(collate)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, self.shuffle)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, False)
-
-    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
-        self.setup()
-        return DataLoader(
-            self.splits[name],
-            batch_size=batch_size,
-            shuffle=shuffle,
-            collate_fn=collate,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+    def dataset(self, name: str) -> FrameIndex:
+        """The index of split ``name`` into its lazy dataset."""
+        return self.splits[name]
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Count (and log the first few of) the bad frames a loader dropped from ``batch``."""
@@ -287,11 +324,6 @@ class LMDBDataModule(pl.LightningDataModule):
                     log.warning("skipped bad frame (on_error=skip): %s", message)
             del batch[SKIPPED]
         return batch
-
-    def has(self, name: str) -> bool:
-        """Whether split ``name`` (``"train"``, ``"val"``, ``"test"``) holds any frames."""
-        self.setup()
-        return len(self.splits[name]) > 0
 
     def describe(self) -> dict:
         """Plain summary of the data (files, frame counts, split, bad frames) for metadata."""
@@ -383,59 +415,6 @@ class FrameIndex(Dataset):
     def raising(self) -> FrameIndex:
         """This split with ``on_error="raise"`` (for passes that apply the policy themselves)."""
         return FrameIndex(self.source, self.indices, self.species, self.required, "raise")
-
-
-class Skipped:
-    """A bad frame in a loader's output (``on_error="skip"``): what was wrong, and where."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-
-
-def collate(items: list[Data | Skipped]) -> Batch:
-    """A ``torch_geometric`` batch of the good graphs of ``items``; the messages of the
-    :class:`Skipped` ones ride along as ``batch.skipped_frames`` for the DataModule to count."""
-    graphs = [item for item in items if isinstance(item, Data)]
-    skipped = [item.message for item in items if isinstance(item, Skipped)]
-    if not graphs:
-        raise DataError(
-            f"all {len(items)} frames of a batch are bad, the first: {skipped[0]}. Find bad frames "
-            "before training with `mlip data check` or data.stats_max_frames=null"
-        )
-    batch = Batch.from_data_list(graphs)
-    if skipped:
-        batch[SKIPPED] = skipped
-    return batch
-
-
-def check_graph(
-    graph: Data,
-    allowed: np.ndarray,
-    required: Sequence[str] = (),
-    species: Sequence[int] | None = None,
-) -> str | None:
-    """What makes ``graph`` unfit for training, or None: no atoms, non-finite positions, cell or
-    labels, a ``required`` label (energy, forces, stress) missing, or an atomic number outside
-    ``allowed`` (a mask over 0..118; ``species`` names the allowed ones in the message)."""
-    if graph.num_nodes == 0:
-        return "frame has no atoms"
-    if not (torch.isfinite(graph.pos).all() and torch.isfinite(graph.cell).all()):
-        return "positions or cell contain NaN or inf"
-    for name in ("energy", "forces", "stress"):
-        present = bool(graph[f"has_{name}"])
-        if name in required and not present:
-            return f"{name} missing"
-        if present and not torch.isfinite(graph[name]).all():
-            return f"{name} contains NaN or inf"
-    numbers = graph.z.numpy()
-    known = (numbers >= 0) & (numbers <= MAX_Z)
-    known[known] = allowed[numbers[known]]
-    if known.all():
-        return None
-    names = ", ".join(sorted({_symbol(int(z)) for z in numbers[~known]}))
-    if species is None:
-        return f"unknown element(s) {names}"
-    return f"element(s) {names} not among the species ({', '.join(map(_symbol, species))})"
 
 
 class _SeenBad:
