@@ -59,6 +59,25 @@ def make_model(family: str, **overrides) -> torch.nn.Module:
 MODEL_FAMILIES = ["facet", "mace"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test on one thread, also after code under test changed it (``--threads``)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A tiny float64 Facet model file (H, C, O, Si; E0 of Si -5 eV) with training metadata."""
+    torch.manual_seed(0)
+    with default_dtype(torch.float64):
+        potential = mlip.Potential(make_model("facet"), CUTOFF, SPECIES, e0=[0, 0, 0, -5.0])
+    path = tmp_path_factory.mktemp("model") / "si.pt"
+    return mlip.save_model(potential, path, metadata={"data": {"train": "tiny.xyz"}})
+
+
 @pytest.fixture(params=MODEL_FAMILIES)
 def family(request) -> str:
     return request.param

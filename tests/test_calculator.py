@@ -20,15 +20,6 @@ from mlip.sim.md import thermalize
 from .conftest import CUTOFF, ethanol, rattled_silicon
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models run fastest on one thread, and far faster so on a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def reference(potential: mlip.Potential, atoms: Atoms) -> dict[str, np.ndarray]:
     """The potential's own predictions, through a fresh neighbour list."""
     batch = atoms_to_batch([atoms], CUTOFF, dtype=torch.float64)

@@ -6,31 +6,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from ase.build import bulk
 
 import mlip
 from mlip import cli, models
 from mlip.commands import info as info_command
 
-from .conftest import CUTOFF, SPECIES, default_dtype, make_model, rattled_silicon
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    with default_dtype(torch.float64):
-        potential = mlip.Potential(make_model("facet"), CUTOFF, SPECIES, e0=[0, 0, 0, -5.0])
-    path = tmp_path_factory.mktemp("model") / "si.pt"
-    return mlip.save_model(potential, path, metadata={"data": {"train": "tiny.xyz"}})
+from .conftest import rattled_silicon
 
 
 def bad_inputs(folder):

@@ -7,7 +7,6 @@ import json
 import ase.io
 import numpy as np
 import pytest
-import torch
 from ase.calculators.singlepoint import SinglePointCalculator
 
 import mlip
@@ -15,26 +14,10 @@ from mlip.calculator import MLIPCalculator
 from mlip.commands import eval as eval_command
 from mlip.sim.evaluate import errors, format_table, parity_plots, predict
 
-from .conftest import CUTOFF, SPECIES, default_dtype, make_model, rattled_silicon
+from .conftest import rattled_silicon
 
 # per config_type: energy offset (eV/atom), force offset (eV/Å), stress offset (eV/Å³)
 OFFSETS = {"bulk": (0.01, 0.05, 0.002), "hot": (0.03, -0.1, -0.004)}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    with default_dtype(torch.float64):
-        potential = mlip.Potential(make_model("facet"), CUTOFF, SPECIES, e0=[0, 0, 0, -5.0])
-    return mlip.save_model(potential, tmp_path_factory.mktemp("model") / "si.pt")
 
 
 def labelled_frames(potential) -> list:

@@ -32,15 +32,6 @@ from .conftest import default_dtype
 COPPER_CUTOFF = 4.5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models run fastest on one thread, and far faster so on a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def copper(reps=(2, 1, 1), strain: float = 0.0, rattle: float = 0.0, seed: int = 0) -> Atoms:
     """Cubic fcc Cu (4 atoms per cell, a = 3.61 Å), optionally strained and rattled."""
     rng = np.random.default_rng(seed)

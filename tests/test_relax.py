@@ -5,7 +5,6 @@ from __future__ import annotations
 import ase.io
 import numpy as np
 import pytest
-import torch
 from ase.calculators.emt import EMT
 
 from mlip.calculator import MLIPCalculator
@@ -14,14 +13,6 @@ from mlip.sim.io import read_structure
 from mlip.sim.relax import relax
 
 from .test_md import copper, trained_copper_model
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def largest_force(atoms) -> float:

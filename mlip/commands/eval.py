@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from mlip.commands import report_errors
+from mlip.commands import add_model_options, report_errors
 
 PROG = "mlip eval"
 
@@ -20,7 +20,7 @@ def parser() -> argparse.ArgumentParser:
         "(PNG) of energy and forces (and stress where labelled).",
     )
     p.add_argument("data", nargs="+", help="labelled data files (extxyz, ASE db, ASE-LMDB, ...)")
-    p.add_argument("--model", help="model file (default: the bundled default model)")
+    add_model_options(p)
     p.add_argument(
         "--plots", default="eval_plots", help="directory for the parity plots (eval_plots)"
     )
@@ -32,9 +32,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--forces-key", default="forces", help="name of the forces label (forces)")
     p.add_argument("--stress-key", default="stress", help="name of the stress label (stress)")
     p.add_argument("--virial-key", default="virial", help="name of the virial label (virial)")
-    p.add_argument("--device", default="cpu", help="torch device (cpu)")
-    p.add_argument("--dtype", choices=["float32", "float64"], help="default: the model's")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     return p
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mlip.commands import report_errors
+from mlip.commands import add_model_options, report_errors
 
 PROG = "mlip md"
 
@@ -19,7 +19,7 @@ def parser() -> argparse.ArgumentParser:
         "from a Maxwell-Boltzmann distribution at --temperature (seeded by --seed).",
     )
     p.add_argument("structure", help="structure file (any format ASE reads; last frame)")
-    p.add_argument("--model", help="model file (default: the bundled default model)")
+    add_model_options(p)
     p.add_argument("--ensemble", default="nvt", choices=["nve", "nvt", "npt"])
     p.add_argument(
         "--temperature",
@@ -53,9 +53,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--interval", type=int, default=10, help="steps between trajectory frames and log lines"
     )
-    p.add_argument("--device", default="cpu", help="torch device (cpu)")
-    p.add_argument("--dtype", choices=["float32", "float64"], help="default: the model's")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--skin", type=float, default=0.5, help="Verlet-list skin, Å (0.5)")
     p.add_argument(
         "--min-distance", type=float, default=0.5, help="smallest allowed distance, Å (0.5)"

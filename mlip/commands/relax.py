@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mlip.commands import report_errors
+from mlip.commands import add_model_options, report_errors
 
 PROG = "mlip relax"
 
@@ -20,7 +20,7 @@ def parser() -> argparse.ArgumentParser:
         "pymatgen); multi-frame files give their last frame.",
     )
     p.add_argument("structures", nargs="+", metavar="STRUCTURE", help="structure file(s)")
-    p.add_argument("--model", help="model file (default: the bundled default model)")
+    add_model_options(p)
     p.add_argument("--fmax", type=float, default=0.05, help="force threshold, eV/Å (0.05)")
     p.add_argument(
         "--smax", type=float, default=0.1, help="stress threshold (largest component), GPa (0.1)"
@@ -49,12 +49,9 @@ def parser() -> argparse.ArgumentParser:
         help="trajectory file (extxyz, every step with energy, forces, stress); a directory "
         "when several structures are given",
     )
-    p.add_argument("--device", default="cpu", help="torch device (cpu)")
-    p.add_argument("--dtype", choices=["float32", "float64"], help="default: the model's")
     p.add_argument(
         "--min-distance", type=float, default=0.5, help="smallest allowed distance, Å (0.5)"
     )
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-step lines")
     return p
 
