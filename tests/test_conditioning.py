@@ -11,7 +11,6 @@ from ase.build import molecule
 import mlip
 from mlip.data import atoms_to_batch
 from mlip.export import read_model_file
-from mlip.nn.sphere import exact_grid_size
 
 from .conftest import CUTOFF, SPECIES, default_dtype, ethanol, make_model
 from .test_physics import energy, predict, random_rotation
@@ -22,7 +21,7 @@ SHIFT = [0.1, 0.2, 0.3, 0.4]
 
 def make_potential(family: str, charge_spin: bool = True, exact: bool = False) -> mlip.Potential:
     """A tiny float64 potential; ``exact``: polynomial activation on a grid that makes it exact."""
-    grid = dict(grid_activation="poly2", grid_size=exact_grid_size(2, 2)) if exact else {}
+    grid = dict(grid_activation="poly2") if exact else {}  # Facet's default grid for poly2 is exact
     torch.manual_seed(0)
     with default_dtype(torch.float64):
         model = make_model(family, charge_spin=charge_spin, **grid)

@@ -97,6 +97,26 @@ def test_layers_are_equivariant_including_reflections():
     assert all((l1 + l2 + l3) % 2 == 0 for l1, paths in conv.groups for l2, l3 in paths)
 
 
+def test_poly2_default_grid_is_the_smallest_exact_one():
+    """Facet's default grid for ``poly2`` is exact_grid_size's 4 x 7 (for l_max 2): mixing on it is
+    equivariant to rounding, and on one longitude fewer it is not."""
+    from mlip.nn.facet import Facet
+
+    torch.manual_seed(0)
+    with default_dtype(torch.float64):
+        facet = Facet(2, channels=[8, 4, 4], grid_channels=4, grid_activation="poly2")
+        small = GridMixing([8, 4, 4], 4, 16, 2, (4, 6), "poly2")
+    grid = facet.mixings[0].grid
+    assert (grid.num_points, exact_grid_size(2, 2)) == (28, (4, 7))
+    weights = {k: v for k, v in facet.mixings[0].state_dict().items() if not k.startswith("grid.")}
+    small.load_state_dict(weights, strict=False)  # the same weights on the smaller grid
+    h = [torch.randn(6, c, 2 * l + 1, dtype=torch.float64) * 2 for l, c in enumerate([8, 4, 4])]
+    d = _wigner(o3.rand_matrix(dtype=torch.float64))
+    exact = facet.mixings[0]
+    assert _error(exact(_rotate(h, d)), _rotate(exact(h), d)) < 1e-12
+    assert _error(small(_rotate(h, d)), _rotate(small(h), d)) > 1e-6
+
+
 @pytest.mark.parametrize("kind", ["spline", "bessel_mlp"])
 def test_radial_weights_vanish_smoothly_at_cutoff(kind):
     from mlip.nn.radial import make_radial

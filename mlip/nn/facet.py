@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from mlip.nn.conditioning import ChargeSpinEmbedding
 from mlip.nn.config import constructor_config
 from mlip.nn.layers import Convolution, EquivariantNorm, GridMixing
-from mlip.nn.sphere import default_grid_size, spherical_harmonics
+from mlip.nn.sphere import default_grid_size, exact_grid_size, spherical_harmonics
 
 
 class Facet(nn.Module):
@@ -26,9 +26,11 @@ class Facet(nn.Module):
         grid_channels: channels ``U`` projected onto the spherical grid.
         grid_hidden: hidden width of the per-point MLP.
         grid_heads: the ``U`` channels are split into this many heads sharing one MLP.
-        grid_size: ``(n_beta, n_alpha)`` of the Gauss-Legendre grid; default from
-            :func:`mlip.nn.sphere.default_grid_size`.
-        grid_activation: ``"silu"``, ``"gelu"``, ``"tanh"`` or ``"poly2"`` (exactly equivariant).
+        grid_size: ``(n_beta, n_alpha)`` of the Gauss-Legendre grid; default: for ``"poly2"`` the
+            smallest grid on which mixing is exact (:func:`mlip.nn.sphere.exact_grid_size`, 4 x 7
+            for ``l_max = 2``), else :func:`mlip.nn.sphere.default_grid_size`.
+        grid_activation: ``"silu"``, ``"gelu"``, ``"tanh"`` or ``"poly2"`` (``x + x^2 / 2``:
+            exactly equivariant, and on its small exact grid the fastest).
         avg_num_neighbors: mean neighbour count of the training data (set at fit time).
         norm_power: neighbour sums are divided by ``avg_num_neighbors ** norm_power``.
         gamma_init: initial value of the residual gates (0 gives an identity start).
@@ -67,7 +69,10 @@ class Facet(nn.Module):
         self.config = constructor_config(locals())
         channels = list(channels)
         l_max = len(channels) - 1
-        grid_size = tuple(grid_size) if grid_size is not None else default_grid_size(l_max)
+        if grid_size is None:
+            polynomial = grid_activation == "poly2"
+            grid_size = exact_grid_size(l_max, 2) if polynomial else default_grid_size(l_max)
+        grid_size = tuple(grid_size)
         self.l_sh = l_sh
         self.norm_power = norm_power
         self.register_buffer("avg_num_neighbors", torch.tensor(float(avg_num_neighbors)))

@@ -24,6 +24,7 @@ from mlip.nn.potential import Potential
 from mlip.train.ema import ExponentialMovingAverage
 from mlip.train.loss import WeightedLoss
 from mlip.train.metrics import ErrorSums
+from mlip.train.schedules import BudgetCosine
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], LRScheduler | ReduceLROnPlateau]
@@ -169,6 +170,9 @@ class PotentialModule(pl.LightningModule):
                 if value is not None:
                     scheduler.step(float(value))
             else:
+                if isinstance(scheduler, BudgetCosine) and self.trainer.world_size > 1:
+                    # one clock for all processes, so that they all take the same learning rate
+                    scheduler.set_elapsed(self.trainer.strategy.broadcast(scheduler.elapsed(), 0))
                 scheduler.step()
 
     # -- evaluation -----------------------------------------------------------------------------
