@@ -25,6 +25,7 @@ from mlip.data.readers import DataError
 from mlip.data.streaming import SKIPPED, LMDBDataModule
 from mlip.data.tools import convert, preprocess
 from mlip.train.runner import compose, train
+from tests.test_train import TINY_RUN
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "data" / "aselmdb_samples"
@@ -213,13 +214,7 @@ def tiny(run_dir: Path, *extra: str) -> list[str]:
         "data=lmdb",
         "data.progress=false",
         "data.batch_size=4",
-        "cutoff=3.0",
-        "model.channels=[8,4,4]",
-        "model.num_layers=1",
-        "model.grid_channels=4",
-        "model.grid_hidden=8",
-        "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false",
+        *TINY_RUN,
         *extra,
     ]
 

@@ -28,6 +28,18 @@ ROOT = Path(__file__).resolve().parent.parent
 SI = ROOT / "data/zuo2020/Si_train.xyz"
 
 
+# a one-layer Facet of a few hundred weights, one epoch, no progress bar
+TINY_RUN = [
+    "cutoff=3.0",
+    "model.channels=[8,4,4]",
+    "model.num_layers=1",
+    "model.grid_channels=4",
+    "model.grid_hidden=8",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+]
+
+
 def tiny(run_dir: Path, *extra: str) -> list[str]:
     """Overrides for a run of a few seconds: 12 frames (8 train / 2 val / 2 test), batch 2."""
     return [
@@ -37,13 +49,7 @@ def tiny(run_dir: Path, *extra: str) -> list[str]:
         "data.batch_size=2",
         "data.val_fraction=0.2",
         "data.test_fraction=0.2",
-        "cutoff=3.0",
-        "model.channels=[8,4,4]",
-        "model.num_layers=1",
-        "model.grid_channels=4",
-        "model.grid_hidden=8",
-        "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false",
+        *TINY_RUN,
         *extra,
     ]
 
