@@ -58,6 +58,18 @@ def make_model(family: str, **overrides) -> torch.nn.Module:
 
 MODEL_FAMILIES = ["facet", "mace"]
 
+# `mlip train` overrides for a tiny run: a one-layer Facet of a few hundred weights, one epoch,
+# no progress bar
+TINY_RUN = [
+    "cutoff=3.0",
+    "model.channels=[8,4,4]",
+    "model.num_layers=1",
+    "model.grid_channels=4",
+    "model.grid_hidden=8",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+]
+
 
 @pytest.fixture(autouse=True)
 def one_thread():

@@ -25,7 +25,8 @@ from mlip.data.readers import DataError
 from mlip.data.streaming import SKIPPED, LMDBDataModule
 from mlip.data.tools import convert, preprocess
 from mlip.train.runner import compose, train
-from tests.test_train import TINY_RUN
+
+from .conftest import TINY_RUN
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "data" / "aselmdb_samples"

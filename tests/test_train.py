@@ -24,20 +24,10 @@ from mlip.train.loss import WeightedLoss
 from mlip.train.module import NonFiniteLossError
 from mlip.train.runner import checkpoint_to_resume, compose, train
 
+from .conftest import TINY_RUN
+
 ROOT = Path(__file__).resolve().parent.parent
 SI = ROOT / "data/zuo2020/Si_train.xyz"
-
-
-# a one-layer Facet of a few hundred weights, one epoch, no progress bar
-TINY_RUN = [
-    "cutoff=3.0",
-    "model.channels=[8,4,4]",
-    "model.num_layers=1",
-    "model.grid_channels=4",
-    "model.grid_hidden=8",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-]
 
 
 def tiny(run_dir: Path, *extra: str) -> list[str]:
