@@ -223,3 +223,15 @@ def test_calculator_reads_charge_from_atoms_info(family, charge_spin):
         assert abs(cation - neutral) > 1e-4
     else:
         assert cation == pytest.approx(neutral, abs=1e-12)
+
+
+def test_trainable_and_frozen_potentials_agree_with_charge(family):
+    """Training appends the lone-atom references to the batch (charge 0, multiplicity 1); a frozen
+    potential caches them: both give the same energies and forces for charged structures."""
+    potential = make_potential(family)
+    structures = [methanol(1, 2), with_charge(ethanol(), -2, 1), Atoms("O", info={"charge": -1})]
+    trainable = run(potential, structures)
+    potential.requires_grad_(False)
+    frozen = run(potential, structures)
+    for key in ("energy", "node_energy", "forces"):
+        torch.testing.assert_close(trainable[key], frozen[key], rtol=0, atol=1e-12)

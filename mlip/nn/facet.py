@@ -31,6 +31,8 @@ class Facet(nn.Module):
             for ``l_max = 2``), else :func:`mlip.nn.sphere.default_grid_size`.
         grid_activation: ``"silu"``, ``"gelu"``, ``"tanh"`` or ``"poly2"`` (``x + x^2 / 2``:
             exactly equivariant, and on its small exact grid the fastest).
+        grid_species: one grid MLP per element instead of one shared by all atoms (all start
+            equal), as MACE's product weights are per element.
         avg_num_neighbors: mean neighbour count of the training data (set at fit time).
         norm_power: neighbour sums are divided by ``avg_num_neighbors ** norm_power``.
         gamma_init: initial value of the residual gates (0 gives an identity start).
@@ -57,6 +59,7 @@ class Facet(nn.Module):
         grid_heads: int = 2,
         grid_size: list[int] | tuple[int, int] | None = None,
         grid_activation: str = "silu",
+        grid_species: bool = False,
         avg_num_neighbors: float = 1.0,
         norm_power: float = 0.5,
         gamma_init: float = 0.0,
@@ -89,7 +92,13 @@ class Facet(nn.Module):
             )
             self.mixings.append(
                 GridMixing(
-                    channels, grid_channels, grid_hidden, grid_heads, grid_size, grid_activation
+                    channels,
+                    grid_channels,
+                    grid_hidden,
+                    grid_heads,
+                    grid_size,
+                    grid_activation,
+                    num_species if grid_species else 0,
                 )
             )
             self.norms.append(EquivariantNorm(channels))
@@ -134,7 +143,7 @@ class Facet(nn.Module):
         for layer, (conv, mix, norm_layer) in enumerate(
             zip(self.convolutions, self.mixings, self.norms, strict=True)
         ):
-            out = norm_layer(mix(conv(h, sh, r, edge_index, norm)))
+            out = norm_layer(mix(conv(h, sh, r, edge_index, norm), species))
             h = [x + gamma[layer] * o for x, o, gamma in zip(h, out, self.gammas, strict=True)]
         return self.readout(h[0].squeeze(-1)).squeeze(-1)
 

@@ -208,7 +208,9 @@ class GridMixing(nn.Module):
 
     ``h -> linear to U channels of every degree -> grid -> MLP (heads share it) -> back ->``
     concatenate the input scalars -> linear to ``channels``. Equivariant up to quadrature aliasing
-    of the non-polynomial activation, which the grid size controls.
+    of the non-polynomial activation, which the grid size controls. With ``num_species``, every
+    atom's points go through its own element's MLP (weights per species, like MACE's product
+    weights), all initialised equal; ``forward`` then needs ``species``.
     """
 
     def __init__(
@@ -219,6 +221,7 @@ class GridMixing(nn.Module):
         heads: int,
         grid_size: tuple[int, int],
         activation: str = "silu",
+        num_species: int = 0,
     ) -> None:
         super().__init__()
         if grid_channels % heads:
@@ -228,14 +231,24 @@ class GridMixing(nn.Module):
         self.linear_in = EquivariantLinear(channels, [grid_channels] * (l_max + 1))
         self.grid = SphericalGrid(l_max, *grid_size)
         width = grid_channels // heads
-        self.mlp = nn.Sequential(
-            nn.Linear(width, hidden), ACTIVATIONS[activation](), nn.Linear(hidden, width)
-        )
+        self.activation = ACTIVATIONS[activation]()
+        first, second = nn.Linear(width, hidden), nn.Linear(hidden, width)
+        if num_species:
+            # one MLP per species, all starting from the same weights
+            self.mlp = None
+            self.species_mlp = nn.ParameterList(
+                nn.Parameter(p.detach().expand(num_species, *p.shape).clone())
+                for p in (first.weight, first.bias, second.weight, second.bias)
+            )
+        else:
+            self.mlp = nn.Sequential(first, self.activation, second)
+            self.species_mlp = None
         self.linear_out = EquivariantLinear(
             [grid_channels + channels[0]] + [grid_channels] * l_max, channels
         )
 
-    def forward(self, h: Features) -> Features:
+    def forward(self, h: Features, species: Tensor | None = None) -> Features:
+        """``h[l] [N, C_l, 2l+1]``, ``species [N]`` (needed with ``num_species``)."""
         x = self.linear_in(h)
         n, u = x[0].shape[:2]
         points = self.grid.num_points
@@ -243,9 +256,16 @@ class GridMixing(nn.Module):
         # the MLP acts on each head's channel vector at every point; with channels on the rows
         # ([N * heads, U / heads, P]) its layers are plain left products and no copy is needed
         g = g.view(n * self.heads, u // self.heads, points)
-        first, activation, second = self.mlp
-        g = activation(torch.matmul(first.weight, g) + first.bias.unsqueeze(-1))
-        g = torch.matmul(second.weight, g) + second.bias.unsqueeze(-1)
+        if self.species_mlp is None:
+            first, _, second = self.mlp
+            g = self.activation(torch.matmul(first.weight, g) + first.bias.unsqueeze(-1))
+            g = torch.matmul(second.weight, g) + second.bias.unsqueeze(-1)
+        else:
+            # every (atom, head) row takes its species' MLP: weights [N * heads, out, in]
+            index = species.repeat_interleave(self.heads)
+            w1, b1, w2, b2 = (p[index] for p in self.species_mlp)
+            g = self.activation(torch.baddbmm(b1.unsqueeze(-1), w1, g))
+            g = torch.baddbmm(b2.unsqueeze(-1), w2, g)
         y = self.grid.from_grid(g.view(n, u, points))  # [N, U, D]
         out = [y[:, :, irrep_slice(l)] for l in range(len(x))]
         out[0] = torch.cat([out[0], h[0]], dim=1)

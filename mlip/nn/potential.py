@@ -96,24 +96,50 @@ class Potential(nn.Module):
             spin=self.e0.new_ones(n),
         )
 
-    def _reference_output(self) -> Tensor:
-        """:meth:`isolated_atom_output`, cached while no parameter needs a gradient.
+    def _energy_model_output(
+        self,
+        species: Tensor,
+        edge_vec: Tensor,
+        edge_index: Tensor,
+        graph_of_atom: Tensor,
+        num_graphs: int,
+        charge: Tensor | None,
+        spin: Tensor | None,
+    ) -> Tensor:
+        """The model's output ``[N]`` minus each atom's lone-atom reference
+        (:meth:`isolated_atom_output`) for its species.
 
-        A frozen model (inference: ASE calculator, MD, relaxation) gets the same lone-atom output
-        every call, so it is computed once and reused until a parameter or buffer is replaced or
-        changed in place (``load_state_dict``, ``.to()``, an optimiser step: the key holds every
-        tensor's identity, storage, version counter, dtype and device). With trainable parameters
-        it is recomputed every call, inside the autograd graph.
+        A frozen model (inference: ASE calculator, MD, relaxation) gets the same reference every
+        call, so it is computed once and reused until a parameter or buffer is replaced or changed
+        in place (``load_state_dict``, ``.to()``, an optimiser step: the key holds every tensor's
+        identity, storage, version counter, dtype and device). With trainable parameters the lone
+        atoms are appended to the batch as structures of their own (no edges, so nothing else
+        changes), and one model call gives both, inside the autograd graph.
         """
         tensors = [*self.model.parameters(), *self.model.buffers()]
-        if any(t.requires_grad for t in tensors):
-            return self.isolated_atom_output()
-        key = tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
-        if getattr(self, "_reference_key", None) != key:
-            with torch.no_grad():
-                self._reference = self.isolated_atom_output()
-            self._reference_key = key
-        return self._reference
+        if not any(t.requires_grad for t in tensors):
+            key = tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+            if getattr(self, "_reference_key", None) != key:
+                with torch.no_grad():
+                    self._reference = self.isolated_atom_output()
+                self._reference_key = key
+            out = self.model(species, edge_vec, edge_index, graph_of_atom, charge=charge, spin=spin)
+            return out - self._reference[species]
+        lone = torch.arange(self.species.shape[0], device=species.device)
+        if charge is not None:
+            charge = torch.cat([charge, charge.new_zeros(lone.shape[0])])
+        if spin is not None:
+            spin = torch.cat([spin, spin.new_ones(lone.shape[0])])
+        out = self.model(
+            torch.cat([species, lone]),
+            edge_vec,
+            edge_index,
+            torch.cat([graph_of_atom, num_graphs + lone]),
+            charge=charge,
+            spin=spin,
+        )
+        num_atoms = species.shape[0]
+        return out[:num_atoms] - out[num_atoms:][species]
 
     def forward(
         self,
@@ -158,15 +184,15 @@ class Potential(nn.Module):
             pos[src] - pos[dst] + torch.einsum("ei,eij->ej", shifts, cell[graph_of_atom[dst]])
         )
 
-        out = self.model(
+        out = self._energy_model_output(
             species,
             edge_vec,
             batch[keys.EDGE_INDEX],
             graph_of_atom,
+            num_graphs,
             charge=batch[keys.CHARGE] if keys.CHARGE in batch else None,
             spin=batch[keys.SPIN] if keys.SPIN in batch else None,
         )
-        out = out - self._reference_output()[species]
         node_energy = out * self.scale[species] + self.shift[species] + self.e0[species]
         energy = node_energy.new_zeros(num_graphs).index_add(0, graph_of_atom, node_energy)
         result = {keys.ENERGY: energy, keys.NODE_ENERGY: node_energy}

@@ -112,8 +112,9 @@ class PotentialModule(pl.LightningModule):
         weight_sums = torch.stack([terms[n][1] for n in names]).detach()
         global_sums = self._sum_over_processes(weight_sums) / self.trainer.world_size
         loss = self.loss_fn.combine(terms, dict(zip(names, global_sums, strict=True)))
-        # every parameter takes part in the graph, so DDP sees no unused parameters
-        loss = loss + sum(0.0 * p.sum() for p in self.potential.parameters() if p.requires_grad)
+        if self.trainer.world_size > 1:
+            # every parameter takes part in the graph, so DDP sees no unused parameters
+            loss = loss + sum(0.0 * p.sum() for p in self.potential.parameters() if p.requires_grad)
 
         if not self._finite_everywhere(loss.detach()):
             return self._skip_step(batch_idx, "loss")
