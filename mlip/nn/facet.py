@@ -33,6 +33,10 @@ class Facet(nn.Module):
             exactly equivariant, and on its small exact grid the fastest).
         grid_species: one grid MLP per element instead of one shared by all atoms (all start
             equal), as MACE's product weights are per element.
+        message_degree: maximum degree of the convolution's output, which only the grid mixing
+            sees (default: that of ``channels``). Above the features' degree it has
+            ``grid_channels`` channels, so that the grid functions resolve finer angles (like MACE's
+            atomic basis up to ``l_sh``) while the node features stay small; at most ``l_sh``.
         avg_num_neighbors: mean neighbour count of the training data (set at fit time).
         norm_power: neighbour sums are divided by ``avg_num_neighbors ** norm_power``.
         gamma_init: initial value of the residual gates (0 gives an identity start).
@@ -60,6 +64,7 @@ class Facet(nn.Module):
         grid_size: list[int] | tuple[int, int] | None = None,
         grid_activation: str = "silu",
         grid_species: bool = False,
+        message_degree: int | None = None,
         avg_num_neighbors: float = 1.0,
         norm_power: float = 0.5,
         gamma_init: float = 0.0,
@@ -72,9 +77,19 @@ class Facet(nn.Module):
         self.config = constructor_config(locals())
         channels = list(channels)
         l_max = len(channels) - 1
+        l_message = l_max if message_degree is None else message_degree
+        if not l_max <= l_message <= max(l_sh, l_max):
+            raise ValueError(
+                f"message_degree={message_degree} must lie between the features' degree {l_max} "
+                f"and l_sh={l_sh}"
+            )
+        # the convolution's output: the features' channels, then grid_channels for higher degrees
+        conv_channels = channels + [grid_channels] * (l_message - l_max)
         if grid_size is None:
             polynomial = grid_activation == "poly2"
-            grid_size = exact_grid_size(l_max, 2) if polynomial else default_grid_size(l_max)
+            grid_size = (
+                exact_grid_size(l_message, 2, l_max) if polynomial else default_grid_size(l_message)
+            )
         grid_size = tuple(grid_size)
         self.l_sh = l_sh
         self.norm_power = norm_power
@@ -87,7 +102,12 @@ class Facet(nn.Module):
         for layer in range(num_layers):
             self.convolutions.append(
                 Convolution(
-                    scalar_in if layer == 0 else channels, channels, l_sh, r_max, radial, num_radial
+                    scalar_in if layer == 0 else channels,
+                    conv_channels,
+                    l_sh,
+                    r_max,
+                    radial,
+                    num_radial,
                 )
             )
             self.mixings.append(
@@ -99,6 +119,7 @@ class Facet(nn.Module):
                     grid_size,
                     grid_activation,
                     num_species if grid_species else 0,
+                    conv_channels,
                 )
             )
             self.norms.append(EquivariantNorm(channels))

@@ -210,7 +210,9 @@ class GridMixing(nn.Module):
     concatenate the input scalars -> linear to ``channels``. Equivariant up to quadrature aliasing
     of the non-polynomial activation, which the grid size controls. With ``num_species``, every
     atom's points go through its own element's MLP (weights per species, like MACE's product
-    weights), all initialised equal; ``forward`` then needs ``species``.
+    weights), all initialised equal; ``forward`` then needs ``species``. With ``channels_in``
+    reaching higher degrees than ``channels`` (e.g. messages of degree 3 for features up to 2),
+    those degrees enter the grid functions but are not projected back.
     """
 
     def __init__(
@@ -222,14 +224,21 @@ class GridMixing(nn.Module):
         grid_size: tuple[int, int],
         activation: str = "silu",
         num_species: int = 0,
+        channels_in: list[int] | None = None,
     ) -> None:
         super().__init__()
         if grid_channels % heads:
             raise ValueError(f"grid_channels={grid_channels} is not divisible by heads={heads}")
-        l_max = len(channels) - 1
+        channels_in = list(channels if channels_in is None else channels_in)
+        l_max, l_in = len(channels) - 1, len(channels_in) - 1
+        if l_in < l_max:
+            raise ValueError(
+                f"channels_in {channels_in} has lower degrees than channels {channels}"
+            )
         self.heads = heads
-        self.linear_in = EquivariantLinear(channels, [grid_channels] * (l_max + 1))
-        self.grid = SphericalGrid(l_max, *grid_size)
+        self.l_max = l_max
+        self.linear_in = EquivariantLinear(channels_in, [grid_channels] * (l_in + 1))
+        self.grid = SphericalGrid(l_in, *grid_size, l_out=l_max)
         width = grid_channels // heads
         self.activation = ACTIVATIONS[activation]()
         first, second = nn.Linear(width, hidden), nn.Linear(hidden, width)
@@ -244,11 +253,12 @@ class GridMixing(nn.Module):
             self.mlp = nn.Sequential(first, self.activation, second)
             self.species_mlp = None
         self.linear_out = EquivariantLinear(
-            [grid_channels + channels[0]] + [grid_channels] * l_max, channels
+            [grid_channels + channels_in[0]] + [grid_channels] * l_max, channels
         )
 
     def forward(self, h: Features, species: Tensor | None = None) -> Features:
-        """``h[l] [N, C_l, 2l+1]``, ``species [N]`` (needed with ``num_species``)."""
+        """``h[l] [N, channels_in[l], 2l+1]``, ``species [N]`` (needed with ``num_species``) ->
+        ``[N, channels[l], 2l+1]``."""
         x = self.linear_in(h)
         n, u = x[0].shape[:2]
         points = self.grid.num_points
@@ -266,8 +276,8 @@ class GridMixing(nn.Module):
             w1, b1, w2, b2 = (p[index] for p in self.species_mlp)
             g = self.activation(torch.baddbmm(b1.unsqueeze(-1), w1, g))
             g = torch.baddbmm(b2.unsqueeze(-1), w2, g)
-        y = self.grid.from_grid(g.view(n, u, points))  # [N, U, D]
-        out = [y[:, :, irrep_slice(l)] for l in range(len(x))]
+        y = self.grid.from_grid(g.view(n, u, points))  # [N, U, (l_max+1)^2]
+        out = [y[:, :, irrep_slice(l)] for l in range(self.l_max + 1)]
         out[0] = torch.cat([out[0], h[0]], dim=1)
         return self.linear_out(out)
 

@@ -19,19 +19,14 @@ from torch import Tensor, nn
 from mlip.nn.conditioning import ChargeSpinEmbedding
 from mlip.nn.config import constructor_config
 from mlip.nn.layers import ChannelwiseMessages, EquivariantLinear, Features
-from mlip.nn.sphere import SphericalGrid, irrep_slice, spherical_harmonics
+from mlip.nn.sphere import SphericalGrid, exact_grid_size, irrep_slice, spherical_harmonics
 
 
 def product_grid_size(l_in: int, l_out: int, correlation: int) -> tuple[int, int]:
-    """Smallest Gauss-Legendre grid ``(n_beta, n_alpha)`` on which the product is exact.
-
-    A product of ``correlation`` functions of degree ``<= l_in`` has degree ``correlation * l_in``;
-    projecting it onto degrees ``<= l_out`` integrates a polynomial of degree
-    ``correlation * l_in + l_out``, which needs ``n_alpha >= band`` and ``2 n_beta >= band`` for
-    ``band = correlation * l_in + l_out + 1`` (as :func:`mlip.nn.sphere.exact_grid_size`).
-    """
-    band = correlation * l_in + l_out + 1
-    return math.ceil(band / 2), band
+    """Smallest Gauss-Legendre grid ``(n_beta, n_alpha)`` on which the product is exact: a product
+    of ``correlation`` functions of degree ``<= l_in`` projected onto degrees ``<= l_out``
+    (:func:`mlip.nn.sphere.exact_grid_size`)."""
+    return exact_grid_size(l_in, correlation, l_out)
 
 
 class GauntProduct(nn.Module):

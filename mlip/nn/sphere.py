@@ -66,9 +66,14 @@ def default_grid_size(l_max: int) -> tuple[int, int]:
     return n_beta, 2 * n_beta - 1
 
 
-def exact_grid_size(l_max: int, degree: int) -> tuple[int, int]:
-    """Smallest grid on which a pointwise polynomial of ``degree`` is projected back exactly."""
-    band = degree * l_max + l_max + 1
+def exact_grid_size(l_max: int, degree: int, l_out: int | None = None) -> tuple[int, int]:
+    """Smallest grid on which a pointwise polynomial of ``degree`` in functions of degree
+    ``<= l_max`` is projected back exactly onto degrees ``<= l_out`` (default ``l_max``).
+
+    The projection integrates a spherical polynomial of degree ``degree * l_max + l_out``, which
+    needs ``n_alpha >= band`` and ``2 n_beta >= band`` for ``band = degree * l_max + l_out + 1``.
+    """
+    band = degree * l_max + (l_max if l_out is None else l_out) + 1
     return math.ceil(band / 2), band
 
 
@@ -76,22 +81,27 @@ class SphericalGrid(nn.Module):
     """Projection of degree-``<= l_max`` coefficients onto a Gauss-Legendre grid and back.
 
     ``to_grid``: ``[..., (l_max+1)^2] -> [..., P]`` evaluates ``f(s) = sum_lm x_lm Y_lm(s) / sqrt(D)``;
-    ``from_grid``: ``[..., P] -> [..., (l_max+1)^2]`` integrates against the harmonics with the
-    quadrature weights. ``from_grid(to_grid(x)) == x`` exactly.
+    ``from_grid``: ``[..., P] -> [..., (l_out+1)^2]`` integrates against the harmonics of degree
+    ``<= l_out`` (default ``l_max``) with the quadrature weights. ``from_grid(to_grid(x))`` is
+    ``x`` on the degrees up to ``min(l_max, l_out)``, exactly.
     """
 
-    def __init__(self, l_max: int, n_beta: int, n_alpha: int) -> None:
+    def __init__(self, l_max: int, n_beta: int, n_alpha: int, l_out: int | None = None) -> None:
         super().__init__()
         points, weights = gauss_legendre_grid(n_beta, n_alpha)
+        l_out = l_max if l_out is None else l_out
         dim = (l_max + 1) ** 2
         y = o3.spherical_harmonics(
-            list(range(l_max + 1)), points, normalize=True, normalization="integral"
+            list(range(max(l_max, l_out) + 1)), points, normalize=True, normalization="integral"
         ) * math.sqrt(4 * math.pi)  # orthonormal under the sphere average
         dtype = torch.get_default_dtype()
-        self.register_buffer("to_matrix", (y.T / math.sqrt(dim)).to(dtype).contiguous())
+        y_in, y_out = y[:, :dim], y[:, : (l_out + 1) ** 2]
+        self.register_buffer("to_matrix", (y_in.T / math.sqrt(dim)).to(dtype).contiguous())
         self.register_buffer(
             "from_matrix",
-            (y * (weights / (4 * math.pi)).unsqueeze(-1) * math.sqrt(dim)).to(dtype).contiguous(),
+            (y_out * (weights / (4 * math.pi)).unsqueeze(-1) * math.sqrt(dim))
+            .to(dtype)
+            .contiguous(),
         )
         self.l_max = l_max
         self.num_points = points.shape[0]
