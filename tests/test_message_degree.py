@@ -3,7 +3,6 @@ seen only by the grid mixing (exact grid, symmetries, forces, the model file, ba
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from e3nn import o3
@@ -13,7 +12,7 @@ from mlip.nn.layers import GridMixing
 from mlip.nn.sphere import SphericalGrid, exact_grid_size
 
 from .conftest import CUTOFF, SPECIES, default_dtype, ethanol, make_model
-from .test_physics import _rotated, energy, predict, random_rotation
+from .test_physics import assert_symmetric_with_exact_forces, energy
 
 
 def _random_features(channels: list[int], seed: int) -> list[torch.Tensor]:
@@ -74,26 +73,13 @@ def test_facet_with_degree3_messages_symmetries_forces_and_model_file(tmp_path):
     potential = _potential(3, seed=2)
     assert potential.model.mixings[0].grid.num_points == 45  # 5 x 9
     atoms = ethanol(seed=3)
-    rotation = -random_rotation(5)
-    perm = np.random.default_rng(1).permutation(len(atoms))
-    moved = _rotated(atoms, rotation)[perm]
-    ref, out = predict(potential, atoms), predict(potential, moved)
-    scale = np.abs(ref["forces"]).max()
-    assert abs(out["energy"][0] - ref["energy"][0]) < 1e-9 * max(1.0, abs(ref["energy"][0]))
-    assert np.abs(out["forces"] - ref["forces"][perm] @ rotation.T).max() < 1e-9 * scale
-
-    h, i, k = 1e-5, 2, 0
-    plus, minus = atoms.copy(), atoms.copy()
-    plus.positions[i, k] += h
-    minus.positions[i, k] -= h
-    fd = -(energy(potential, plus) - energy(potential, minus)) / (2 * h)
-    assert abs(ref["forces"][i, k] - fd) < 1e-6 * scale
+    e = assert_symmetric_with_exact_forces(potential, atoms, atom=2, axis=0)
 
     # a different model from the default (degree-2 messages), kept by the model file
-    assert abs(energy(_potential(None, seed=2), atoms) - ref["energy"][0]) > 1e-6
+    assert abs(energy(_potential(None, seed=2), atoms) - e) > 1e-6
     loaded = mlip.load_model(mlip.save_model(potential, tmp_path / "m.pt"))
     assert loaded.model.config["message_degree"] == 3
-    assert abs(energy(loaded, atoms) - ref["energy"][0]) < 1e-12
+    assert abs(energy(loaded, atoms) - e) < 1e-12
 
 
 @pytest.mark.parametrize("message_degree, l_sh", [(4, 3), (1, 3)])

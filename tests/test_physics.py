@@ -80,6 +80,27 @@ def _rotated(atoms: Atoms, rotation: np.ndarray) -> Atoms:
     return out
 
 
+def assert_symmetric_with_exact_forces(
+    potential: mlip.Potential, atoms: Atoms, atom: int = 4, axis: int = 1
+) -> float:
+    """Rotation with reflection and a permutation leave the energy alone and turn the forces (1e-9,
+    exact grids only); one force component equals the central finite difference. Returns the
+    energy (eV) of ``atoms``."""
+    rotation = -random_rotation(5)
+    perm = np.random.default_rng(1).permutation(len(atoms))
+    ref, out = predict(potential, atoms), predict(potential, _rotated(atoms, rotation)[perm])
+    scale = np.abs(ref["forces"]).max()
+    assert abs(out["energy"][0] - ref["energy"][0]) < 1e-9 * max(1.0, abs(ref["energy"][0]))
+    assert np.abs(out["forces"] - ref["forces"][perm] @ rotation.T).max() < 1e-9 * scale
+    h = 1e-5
+    plus, minus = atoms.copy(), atoms.copy()
+    plus.positions[atom, axis] += h
+    minus.positions[atom, axis] -= h
+    fd = -(energy(potential, plus) - energy(potential, minus)) / (2 * h)
+    assert abs(ref["forces"][atom, axis] - fd) < 1e-6 * scale
+    return float(ref["energy"][0])
+
+
 def _exact_potential(family: str) -> mlip.Potential:
     """The same tiny model with a polynomial grid activation on a grid that makes it exact."""
     torch.manual_seed(1)
