@@ -85,16 +85,47 @@ class Potential(nn.Module):
     def isolated_atom_output(self) -> Tensor:
         """The model's raw output ``[S]`` for one lone neutral singlet atom of each species
         (total charge 0, spin multiplicity 1), each its own structure."""
-        n = self.species.shape[0]
         device = self.species.device
-        return self.model(
-            torch.arange(n, device=device),
+        no_atoms = torch.zeros(0, dtype=torch.long, device=device)
+        _, lone = self._with_lone_atoms(
+            no_atoms,
             self.e0.new_zeros(0, 3),
             torch.zeros(2, 0, dtype=torch.long, device=device),
-            torch.arange(n, device=device),
-            charge=self.e0.new_zeros(n),
-            spin=self.e0.new_ones(n),
+            no_atoms,
+            0,
+            self.e0.new_zeros(0),
+            self.e0.new_ones(0),
         )
+        return lone
+
+    def _with_lone_atoms(
+        self,
+        species: Tensor,
+        edge_vec: Tensor,
+        edge_index: Tensor,
+        graph_of_atom: Tensor,
+        num_graphs: int,
+        charge: Tensor | None,
+        spin: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """One model call on the batch with one lone neutral singlet atom of each species appended
+        as structures of their own (no edges, so nothing else changes) -> the outputs ``[N]`` of
+        the batch's atoms and ``[S]`` of the lone atoms."""
+        lone = torch.arange(self.species.shape[0], device=species.device)
+        if charge is not None:
+            charge = torch.cat([charge, charge.new_zeros(lone.shape[0])])
+        if spin is not None:
+            spin = torch.cat([spin, spin.new_ones(lone.shape[0])])
+        out = self.model(
+            torch.cat([species, lone]),
+            edge_vec,
+            edge_index,
+            torch.cat([graph_of_atom, num_graphs + lone]),
+            charge=charge,
+            spin=spin,
+        )
+        num_atoms = species.shape[0]
+        return out[:num_atoms], out[num_atoms:]
 
     def _energy_model_output(
         self,
@@ -112,9 +143,8 @@ class Potential(nn.Module):
         A frozen model (inference: ASE calculator, MD, relaxation) gets the same reference every
         call, so it is computed once and reused until a parameter or buffer is replaced or changed
         in place (``load_state_dict``, ``.to()``, an optimiser step: the key holds every tensor's
-        identity, storage, version counter, dtype and device). With trainable parameters the lone
-        atoms are appended to the batch as structures of their own (no edges, so nothing else
-        changes), and one model call gives both, inside the autograd graph.
+        identity, storage, version counter, dtype and device). With trainable parameters one model
+        call gives both, inside the autograd graph (:meth:`_with_lone_atoms`).
         """
         tensors = [*self.model.parameters(), *self.model.buffers()]
         if not any(t.requires_grad for t in tensors):
@@ -125,21 +155,10 @@ class Potential(nn.Module):
                 self._reference_key = key
             out = self.model(species, edge_vec, edge_index, graph_of_atom, charge=charge, spin=spin)
             return out - self._reference[species]
-        lone = torch.arange(self.species.shape[0], device=species.device)
-        if charge is not None:
-            charge = torch.cat([charge, charge.new_zeros(lone.shape[0])])
-        if spin is not None:
-            spin = torch.cat([spin, spin.new_ones(lone.shape[0])])
-        out = self.model(
-            torch.cat([species, lone]),
-            edge_vec,
-            edge_index,
-            torch.cat([graph_of_atom, num_graphs + lone]),
-            charge=charge,
-            spin=spin,
+        out, lone = self._with_lone_atoms(
+            species, edge_vec, edge_index, graph_of_atom, num_graphs, charge, spin
         )
-        num_atoms = species.shape[0]
-        return out[:num_atoms] - out[num_atoms:][species]
+        return out - lone[species]
 
     def forward(
         self,
