@@ -21,7 +21,7 @@ from mlip.nn.config import default_dtype
 from mlip.nn.potential import Potential
 
 FORMAT = "mlip-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: Facet's last layer holds scalar outputs only (format 1 files are upgraded)
 UNITS = {"energy": "eV", "length": "Å", "forces": "eV/Å", "stress": "eV/Å³"}
 # model classes a file may name; nothing outside this table is ever imported by load_model
 MODEL_CLASSES = {"Facet": "mlip.nn.facet", "MACE": "mlip.nn.mace"}
@@ -113,14 +113,42 @@ def load_model(
         payload["species"],
         payload["dtype"],
     )
+    state = payload["state_dict"]
+    if payload["format_version"] == 1 and payload["model_class"] == "Facet":
+        state = _facet_format1_state(state, potential)
     try:
-        potential.load_state_dict(payload["state_dict"])
+        potential.load_state_dict(state)
     except RuntimeError as exc:
         raise ModelFileError(f"{path}: weights do not fit the stored config: {exc}") from None
     potential.metadata = payload["metadata"]
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     return potential.to(device=device, dtype=dtype or potential.e0.dtype).eval()
+
+
+def _facet_format1_state(state: dict[str, torch.Tensor], potential: Potential) -> dict:
+    """A format-1 Facet state dict in the current layout, with the same energies.
+
+    Format 1's last layer also computed ``l > 0`` outputs that nothing read (the readout sees the
+    scalars only): their output weights, norm scales and residual gates are dropped, and the last
+    grid (smaller for ``poly2``, projecting onto ``l = 0`` alone) is taken from the new model.
+    """
+    last = potential.model.config["num_layers"] - 1
+    fresh = potential.state_dict()
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if key.startswith(f"model.mixings.{last}.grid."):
+            value = fresh[key]
+        elif key.startswith(
+            (f"model.mixings.{last}.linear_out.weights.", f"model.norms.{last}.scales.")
+        ):
+            if parts[-1] != "0":
+                continue
+        elif key.startswith("model.gammas.") and parts[-1] != "0":
+            value = value[:last]
+        out[key] = value
+    return out
 
 
 def build_potential(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -10,6 +13,8 @@ from mlip.data import atoms_to_batch
 from mlip.export import ModelFileError, read_model_file
 
 from .conftest import CUTOFF, ethanol, rattled_silicon
+
+DATA = Path(__file__).with_name("data")
 
 
 def test_round_trip_gives_same_predictions(potential, tmp_path):
@@ -68,3 +73,24 @@ def test_save_is_atomic(potential, tmp_path, monkeypatch):
         mlip.save_model(potential, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+@pytest.mark.parametrize("name", ["silu", "poly2_degree3"])
+def test_format1_facet_files_load_with_their_energies(name, tmp_path):
+    """Files written by mlip 0.1.0 (format 1, whose Facet last layer also had unused l > 0
+    outputs) load with the energies and forces they were written with, and save as format 2."""
+    from ase import Atoms
+
+    path = DATA / f"facet_format1_{name}.pt"
+    raw = read_model_file(path)
+    assert raw["format_version"] == 1 and "model.norms.1.scales.1" in raw["state_dict"]
+    reference = raw["metadata"]["reference"]
+    atoms = Atoms(reference["numbers"], positions=reference["positions"])
+    for source in (path, tmp_path / "again.pt"):
+        potential = mlip.load_model(source)
+        atoms.calc = mlip.MLIPCalculator(potential)
+        assert abs(atoms.get_potential_energy() - reference["energy_eV"]) < 1e-10
+        forces = np.asarray(reference["forces_eV_per_A"])
+        assert np.abs(atoms.get_forces() - forces).max() < 1e-10
+        mlip.save_model(potential, tmp_path / "again.pt", potential.metadata)
+    assert read_model_file(tmp_path / "again.pt")["format_version"] == 2

@@ -117,6 +117,42 @@ def test_poly2_default_grid_is_the_smallest_exact_one():
     assert _error(small(_rotate(h, d)), _rotate(small(h), d)) > 1e-6
 
 
+@pytest.mark.parametrize("message_degree, grid", [(None, (3, 5)), (3, (4, 7))])
+def test_last_layer_mixes_scalars_only_on_its_smaller_exact_grid(message_degree, grid):
+    """The readout sees only scalars, so Facet's last layer projects the grid back onto l = 0
+    alone: exact on 3 x 5 for degree-2 inputs (4 x 7 for degree 3), aliasing on one longitude
+    fewer; its output, norm and residual gates are scalars only."""
+    from mlip.nn.facet import Facet
+
+    l_in = 2 if message_degree is None else message_degree
+    torch.manual_seed(0)
+    with default_dtype(torch.float64):
+        facet = Facet(
+            2, channels=[8, 4, 4], l_sh=3, num_layers=2, grid_channels=4, grid_heads=1,
+            grid_activation="poly2", message_degree=message_degree,
+        )  # fmt: skip
+        small = GridMixing(
+            [8], 4, 16, 1, (grid[0], grid[1] - 1), "poly2", channels_in=[8, 4, 4, 4][: l_in + 1]
+        )
+    last = facet.mixings[-1]
+    assert exact_grid_size(l_in, 2, 0) == grid
+    assert last.grid.num_points == grid[0] * grid[1] < facet.mixings[0].grid.num_points
+    weights = {k: v for k, v in last.state_dict().items() if not k.startswith("grid.")}
+    small.load_state_dict(weights, strict=False)  # the same weights on the smaller grid
+    h = [
+        torch.randn(6, c, 2 * l + 1, dtype=torch.float64) * 2
+        for l, c in enumerate([8, 4, 4, 4][: l_in + 1])
+    ]
+    rotation = -o3.rand_matrix(dtype=torch.float64)  # with a reflection
+    d = [o3.Irrep(l, (-1) ** l).D_from_matrix(rotation) for l in range(l_in + 1)]
+    out = last(h)
+    assert [x.shape[1:] for x in out] == [(8, 1)]
+    assert _error(last(_rotate(h, d)), out) < 1e-12
+    assert _error(small(_rotate(h, d)), small(h)) > 1e-6
+    assert [g.shape[0] for g in facet.gammas] == [2, 1, 1]
+    assert [len(norm.scales) for norm in facet.norms] == [3, 1]
+
+
 @pytest.mark.parametrize("kind", ["spline", "bessel_mlp"])
 def test_radial_weights_vanish_smoothly_at_cutoff(kind):
     from mlip.nn.radial import make_radial

@@ -14,6 +14,9 @@ from mlip.nn.sphere import default_grid_size, exact_grid_size, spherical_harmoni
 class Facet(nn.Module):
     """Facet energy model: per-atom energies from species and edge vectors.
 
+    Every layer is a convolution, grid mixing and norm added to the features through residual
+    gates; the last layer updates only the scalars, which are all the readout sees.
+
     Args:
         num_species: number of elements (species indices run over ``0 .. num_species - 1``).
         r_max: cutoff radius, Å.
@@ -28,7 +31,8 @@ class Facet(nn.Module):
         grid_heads: the ``U`` channels are split into this many heads sharing one MLP.
         grid_size: ``(n_beta, n_alpha)`` of the Gauss-Legendre grid; default: for ``"poly2"`` the
             smallest grid on which mixing is exact (:func:`mlip.nn.sphere.exact_grid_size`, 4 x 7
-            for ``l_max = 2``), else :func:`mlip.nn.sphere.default_grid_size`.
+            for ``l_max = 2``; the last layer, whose output is scalars only, 3 x 5), else
+            :func:`mlip.nn.sphere.default_grid_size`.
         grid_activation: ``"silu"``, ``"gelu"``, ``"tanh"`` or ``"poly2"`` (``x + x^2 / 2``:
             exactly equivariant, and on its small exact grid the fastest).
         grid_species: one grid MLP per element instead of one shared by all atoms (all start
@@ -85,12 +89,7 @@ class Facet(nn.Module):
             )
         # the convolution's output: the features' channels, then grid_channels for higher degrees
         conv_channels = channels + [grid_channels] * (l_message - l_max)
-        if grid_size is None:
-            polynomial = grid_activation == "poly2"
-            grid_size = (
-                exact_grid_size(l_message, 2, l_max) if polynomial else default_grid_size(l_message)
-            )
-        grid_size = tuple(grid_size)
+        polynomial = grid_activation == "poly2"
         self.l_sh = l_sh
         self.norm_power = norm_power
         self.register_buffer("avg_num_neighbors", torch.tensor(float(avg_num_neighbors)))
@@ -100,6 +99,15 @@ class Facet(nn.Module):
         self.mixings = nn.ModuleList()
         self.norms = nn.ModuleList()
         for layer in range(num_layers):
+            # the readout sees only scalars, so the last layer updates only those
+            out_channels = channels if layer < num_layers - 1 else channels[:1]
+            l_out = len(out_channels) - 1
+            if grid_size is not None:
+                layer_grid = tuple(grid_size)
+            elif polynomial:
+                layer_grid = exact_grid_size(l_message, 2, l_out)
+            else:
+                layer_grid = default_grid_size(l_message)
             self.convolutions.append(
                 Convolution(
                     scalar_in if layer == 0 else channels,
@@ -112,19 +120,21 @@ class Facet(nn.Module):
             )
             self.mixings.append(
                 GridMixing(
-                    channels,
+                    out_channels,
                     grid_channels,
                     grid_hidden,
                     grid_heads,
-                    grid_size,
+                    layer_grid,
                     grid_activation,
                     num_species if grid_species else 0,
                     conv_channels,
                 )
             )
-            self.norms.append(EquivariantNorm(channels))
+            self.norms.append(EquivariantNorm(out_channels))
+        # residual gates per layer: scalars in every layer, l > 0 in all but the last
         self.gammas = nn.ParameterList(
-            nn.Parameter(torch.full((num_layers, c, 1), float(gamma_init))) for c in channels
+            nn.Parameter(torch.full((num_layers - (l > 0), c, 1), float(gamma_init)))
+            for l, c in enumerate(channels)
         )
         self.readout = nn.Sequential(
             nn.Linear(channels[0], readout_hidden), nn.SiLU(), nn.Linear(readout_hidden, 1)
@@ -165,7 +175,7 @@ class Facet(nn.Module):
             zip(self.convolutions, self.mixings, self.norms, strict=True)
         ):
             out = norm_layer(mix(conv(h, sh, r, edge_index, norm), species))
-            h = [x + gamma[layer] * o for x, o, gamma in zip(h, out, self.gammas, strict=True)]
+            h = [x + gamma[layer] * o for x, o, gamma in zip(h, out, self.gammas, strict=False)]
         return self.readout(h[0].squeeze(-1)).squeeze(-1)
 
 
