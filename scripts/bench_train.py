@@ -64,8 +64,8 @@ OUR_MODELS = {
     # Facet: two layers, 48x0e + 24x1o + 12x2e, edge harmonics and messages up to l = 3 (the
     # degree-3 messages feed only the grid mixing), 16 spline functions, residual gates open, one
     # grid MLP per element (32 -> 32 -> 32 at each point, one head) with the activation x + x^2/2 on
-    # its exact 5 x 9 grid; learning rate 0.005 decayed by a cosine over the time budget (the 300 s
-    # and 20-minute trials that chose it are in README.md)
+    # its exact grid (5 x 9; 4 x 7 in the scalar-only last layer); learning rate 0.005 decayed by a
+    # cosine over the time budget (the 300 s and 20-minute trials that chose it are in README.md)
     "facet": [
         "model=facet",
         "model.channels=[48,24,12]",

@@ -175,6 +175,7 @@ class Facet(nn.Module):
             zip(self.convolutions, self.mixings, self.norms, strict=True)
         ):
             out = norm_layer(mix(conv(h, sh, r, edge_index, norm), species))
+            # the last layer's output is scalars only, so h keeps just those (all the readout reads)
             h = [x + gamma[layer] * o for x, o, gamma in zip(h, out, self.gammas, strict=False)]
         return self.readout(h[0].squeeze(-1)).squeeze(-1)
 
