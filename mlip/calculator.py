@@ -25,6 +25,10 @@ from mlip.data.graph import neighbour_list
 from mlip.nn.potential import Potential, UnknownElementError
 
 
+class NonFiniteOutputError(ValueError):
+    """The model gave a NaN or infinite energy, force or stress."""
+
+
 class AtomsTooCloseError(ValueError):
     """Two atoms are closer than the calculator's ``min_distance``."""
 
@@ -119,6 +123,15 @@ class MLIPCalculator(Calculator):
         graph = self._graph(atoms, i, j, shifts)
         out = self.potential(graph, forces=True, stress=want_stress, create_graph=False)
         energy = float(out[keys.ENERGY].detach().sum())
+        finite = [bool(out[k].isfinite().all()) for k in (keys.ENERGY, keys.FORCES)]
+        if want_stress:
+            finite.append(bool(out[keys.STRESS].isfinite().all()))
+        if not all(finite):
+            raise NonFiniteOutputError(
+                f"the model's energy, forces or stress are not finite (NaN or inf) for this "
+                f"{len(atoms)}-atom {atoms.get_chemical_formula()}: the model file is broken, or "
+                "the structure is far outside what it was trained on"
+            )
         self.results = {
             "energy": energy,
             "free_energy": energy,

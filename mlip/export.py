@@ -9,8 +9,10 @@ It loads with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,9 @@ from mlip.nn.config import default_dtype
 from mlip.nn.potential import Potential
 
 FORMAT = "mlip-model"
-FORMAT_VERSION = 2  # 2: Facet's last layer holds scalar outputs only (format 1 files are upgraded)
+# 2: Facet's last layer holds scalar outputs only (format 1 files are upgraded); 3: Facet's norm
+# has a floor from the scalars under the l > 0 features' RMS (vector_floor; formats 1, 2 load with 0)
+FORMAT_VERSION = 3
 UNITS = {"energy": "eV", "length": "Å", "forces": "eV/Å", "stress": "eV/Å³"}
 # model classes a file may name; nothing outside this table is ever imported by load_model
 MODEL_CLASSES = {"Facet": "mlip.nn.facet", "MACE": "mlip.nn.mace"}
@@ -78,21 +82,49 @@ def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
         raise ModelFileError(f"{path}: no such model file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated or foreign files
+    except Exception:  # torch raises several types for truncated or foreign files
+        # torch's own message suggests weights_only=False, i.e. running the file's code: never
         raise ModelFileError(
-            f"{path}: not a readable mlip model file (corrupt or truncated?): {exc}"
+            f"{path}: not an mlip model file (the safe loader cannot read it: corrupt, truncated, "
+            "or another kind of file)"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an mlip model file")
     version = payload.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int):
+        raise ModelFileError(f"{path}: not a valid mlip model file (no format_version)")
+    if version > FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: written by mlip {payload.get('mlip_version')} in model-file format {version}; "
             f"this mlip {mlip.__version__} reads format {FORMAT_VERSION}. Upgrade mlip."
         )
     if payload.get("model_class") not in MODEL_CLASSES:
         raise ModelFileError(f"{path}: unknown model class {payload.get('model_class')!r}")
+    problem = _payload_problem(payload)
+    if problem:
+        raise ModelFileError(f"{path}: not a valid mlip model file ({problem})")
     return payload
+
+
+def _payload_problem(payload: dict[str, Any]) -> str | None:
+    """What is wrong with a model file's fields, or None."""
+    species, cutoff = payload.get("species"), payload.get("cutoff")
+    if not isinstance(payload.get("model_config"), dict):
+        return "model_config is not a mapping"
+    if not isinstance(payload.get("state_dict"), dict):
+        return "state_dict is not a mapping"
+    if payload.get("dtype") not in ("float32", "float64"):
+        return f"dtype {payload.get('dtype')!r} is neither float32 nor float64"
+    if (
+        not isinstance(species, list)
+        or not species
+        or not all(isinstance(z, int) and 1 <= z <= 118 for z in species)
+        or len(set(species)) != len(species)
+    ):
+        return f"species {species!r} are not distinct atomic numbers 1-118"
+    if not isinstance(cutoff, int | float) or not math.isfinite(cutoff) or cutoff <= 0:
+        return f"cutoff {cutoff!r} is not a positive number of Å"
+    return None
 
 
 def load_model(
@@ -106,20 +138,43 @@ def load_model(
     ``torch.dtype`` select another).
     """
     payload = read_model_file(path)
-    potential = build_potential(
-        payload["model_class"],
-        payload["model_config"],
-        payload["cutoff"],
-        payload["species"],
-        payload["dtype"],
-    )
+    config = payload["model_config"]
+    if payload["model_class"] == "Facet":
+        config = {"vector_floor": 0.0, **config}  # formats 1 and 2 were trained this way
+        if config["vector_floor"] == 0 and config.get("num_layers", 3) > 1:
+            warnings.warn(
+                f"{path}: this Facet (mlip {payload.get('mlip_version')}, model-file format "
+                f"{payload['format_version']}) divides its l > 0 features by their own RMS, so "
+                "its energy is not smooth at perfect crystals and symmetric molecules (force "
+                "constants of thousands of eV/Å² there: phonons and relaxations are wrong). "
+                "Retrain it with this mlip (model.vector_floor > 0, the default).",
+                stacklevel=2,
+            )
+    try:
+        potential = build_potential(
+            payload["model_class"], config, payload["cutoff"], payload["species"], payload["dtype"]
+        )
+    except (TypeError, ValueError, IndexError, RuntimeError) as exc:
+        raise ModelFileError(
+            f"{path}: its model_config does not build a {payload['model_class']}: {exc}"
+        ) from None
     state = payload["state_dict"]
     if payload["format_version"] == 1 and payload["model_class"] == "Facet":
         state = _facet_format1_state(state, potential)
     try:
         potential.load_state_dict(state)
-    except RuntimeError as exc:
+    except (RuntimeError, KeyError, TypeError) as exc:
         raise ModelFileError(f"{path}: weights do not fit the stored config: {exc}") from None
+    bad = [
+        k
+        for k, v in potential.state_dict().items()
+        if v.is_floating_point() and not v.isfinite().all()
+    ]
+    if bad:
+        raise ModelFileError(
+            f"{path}: non-finite (NaN or inf) values in {len(bad)} weight tensor(s), e.g. "
+            f"{bad[0]}: the model is unusable; retrain it or export it again from a checkpoint"
+        )
     potential.metadata = payload["metadata"]
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)

@@ -59,7 +59,7 @@ def test_bad_model_file_gives_one_line(command, tmp_path, capsys):
     rattled_silicon().write(structure)
     not_a_model = tmp_path / "model.pt"
     not_a_model.write_text("hello")
-    for model, words in ((not_a_model, "not a readable mlip model file"), ("absent.pt", "no such")):
+    for model, words in ((not_a_model, "not an mlip model file"), ("absent.pt", "no such")):
         args = [str(model)] if command == "info" else [str(structure), "--model", str(model)]
         status = cli.main([command, *args])
         err = capsys.readouterr().err
@@ -89,6 +89,24 @@ def test_mlip_md(model_file, tmp_path, capsys):
     lines = log.read_text().splitlines()
     assert lines[0].startswith("# step") and "steps_per_s" in lines[0] and len(lines) == 4
     assert trajectory.read_text().count("Lattice=") == 3
+    # the summary's final temperature is the log's (one count of degrees of freedom)
+    header, last = lines[0].lstrip("# ").split(), lines[-1].split()
+    logged = float(last[header.index("T_K")])
+    assert f"final T {logged:.1f} K" in out
+
+
+def test_mlip_md_refuses_one_atom_and_a_nan_temperature(model_file, tmp_path, capsys):
+    from ase import Atoms
+
+    single = tmp_path / "si1.extxyz"
+    Atoms("Si", positions=[[0, 0, 0]]).write(single)
+    assert cli.main(["md", str(single), "--model", str(model_file), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{single}: MD needs at least 2 atoms" in err and len(err.splitlines()) == 1
+    two = tmp_path / "si2.extxyz"
+    Atoms("Si2", positions=[[0, 0, 0], [2.3, 0, 0]]).write(two)
+    assert cli.main(["md", str(two), "--model", str(model_file), "--temperature", "nan"]) == 2
+    assert "--temperature must be >= 0" in capsys.readouterr().err
 
 
 def test_mlip_relax_writes_a_cif(model_file, tmp_path, capsys, monkeypatch):

@@ -10,7 +10,7 @@ import torch
 
 import mlip
 from mlip.data import atoms_to_batch
-from mlip.export import ModelFileError, read_model_file
+from mlip.export import FORMAT_VERSION, ModelFileError, read_model_file
 
 from .conftest import CUTOFF, ethanol, rattled_silicon
 
@@ -42,12 +42,66 @@ def test_missing_truncated_and_foreign_files(potential, tmp_path):
     data = path.read_bytes()
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ModelFileError, match="corrupt or truncated"):
+    with pytest.raises(ModelFileError, match="corrupt, truncated"):
         mlip.load_model(truncated)
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
     with pytest.raises(ModelFileError, match="not an mlip model file"):
         mlip.load_model(foreign)
+
+
+class Payload:
+    """A class a pickle would have to import and run to load."""
+
+
+@pytest.mark.parametrize("content", ["random bytes", "pickled object"])
+def test_unreadable_files_never_suggest_the_unsafe_loader(potential, tmp_path, content):
+    path = tmp_path / "model.pt"
+    if content == "random bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    else:
+        torch.save({"format": "mlip-model", "payload": Payload()}, path)
+    with pytest.raises(ModelFileError, match="not an mlip model file") as caught:
+        mlip.load_model(path)
+    assert "weights_only" not in str(caught.value) and str(path) in str(caught.value)
+
+
+def _tampered(potential, tmp_path, change) -> Path:
+    path = mlip.save_model(potential, tmp_path / "model.pt")
+    payload = torch.load(path, weights_only=True)
+    change(payload)
+    torch.save(payload, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda p: p.pop("format_version"), "no format_version"),
+        (lambda p: p.update(species=[14, 999]), r"species \[14, 999\] are not distinct"),
+        (lambda p: p.update(cutoff=-1.0), "cutoff -1.0 is not a positive number"),
+        (lambda p: p.update(dtype="float16"), "dtype 'float16'"),
+        (lambda p: p["model_config"].update(channels="many"), "model_config does not build"),
+        (lambda p: p["model_config"].update(bogus=1), "model_config does not build"),
+        (lambda p: p["state_dict"]["e0"].fill_(float("nan")), r"non-finite .* e\.g\. e0"),
+    ],
+    ids=["no version", "species", "cutoff", "dtype", "config value", "config key", "NaN"],
+)
+def test_crafted_files_get_one_clear_error(potential, tmp_path, change, message):
+    path = _tampered(potential, tmp_path, change)
+    with pytest.raises(ModelFileError, match=message):
+        mlip.load_model(path)
+
+
+def test_non_finite_model_output_stops_the_calculator(potential):
+    from mlip.calculator import NonFiniteOutputError
+
+    with torch.no_grad():
+        next(potential.model.parameters()).fill_(float("nan"))
+    atoms = rattled_silicon()
+    atoms.calc = mlip.MLIPCalculator(potential)
+    with pytest.raises(NonFiniteOutputError, match="not finite .* 8-atom Si8"):
+        atoms.get_potential_energy()
 
 
 def test_newer_format_is_refused(potential, tmp_path):
@@ -78,7 +132,9 @@ def test_save_is_atomic(potential, tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["silu", "poly2_degree3"])
 def test_format1_facet_files_load_with_their_energies(name, tmp_path):
     """Files written by mlip 0.1.0 (format 1, whose Facet last layer also had unused l > 0
-    outputs) load with the energies and forces they were written with, and save as format 2."""
+    outputs; both layers divided the l > 0 features by their own RMS) load with the energies and
+    forces they were written with, warn that such a Facet is not smooth at symmetric structures,
+    and save in the current format with that norm kept."""
     from ase import Atoms
 
     path = DATA / f"facet_format1_{name}.pt"
@@ -87,10 +143,12 @@ def test_format1_facet_files_load_with_their_energies(name, tmp_path):
     reference = raw["metadata"]["reference"]
     atoms = Atoms(reference["numbers"], positions=reference["positions"])
     for source in (path, tmp_path / "again.pt"):
-        potential = mlip.load_model(source)
+        with pytest.warns(UserWarning, match="not smooth at perfect crystals"):
+            potential = mlip.load_model(source)
+        assert potential.model.config["vector_floor"] == 0
         atoms.calc = mlip.MLIPCalculator(potential)
         assert abs(atoms.get_potential_energy() - reference["energy_eV"]) < 1e-10
         forces = np.asarray(reference["forces_eV_per_A"])
         assert np.abs(atoms.get_forces() - forces).max() < 1e-10
         mlip.save_model(potential, tmp_path / "again.pt", potential.metadata)
-    assert read_model_file(tmp_path / "again.pt")["format_version"] == 2
+    assert read_model_file(tmp_path / "again.pt")["format_version"] == FORMAT_VERSION

@@ -167,3 +167,30 @@ def test_radial_weights_vanish_smoothly_at_cutoff(kind):
     assert w[1].abs().max() < 1e-6 and w[2].abs().max() == 0.0
     assert dw.abs().max() < 1e-4
     assert torch.allclose(radial.features(r) @ radial.matrix, w, atol=1e-14)
+
+
+def test_norm_is_linear_in_vanishing_l_gt_0_features_and_scale_free():
+    """Where the ``l > 0`` features vanish (by symmetry, at perfect crystals) the norm is linear in
+    them, gain ``1 / sqrt(vector_floor * sigma_0^2)``; scaling all inputs by one factor leaves the
+    output unchanged (up to ``eps``). With ``vector_floor=0`` (format <= 2 files) it saturates at ~1e-3 instead."""
+    torch.manual_seed(0)
+    channels = [8, 4, 4]
+    with default_dtype(torch.float64):
+        norm, unfloored = EquivariantNorm(channels), EquivariantNorm(channels, vector_floor=0.0)
+    h = [torch.randn(5, c, 2 * l + 1, dtype=torch.float64) for l, c in enumerate(channels)]
+    sigma_0_sq = (h[0] - h[0].mean(dim=1, keepdim=True)).pow(2).mean(dim=(1, 2))
+    gain = torch.rsqrt(0.1 * sigma_0_sq + norm.eps)[:, None, None]
+    for t in (1e-8, 1e-6, 1e-4):
+        small = [h[0]] + [t * x for x in h[1:]]
+        for x, y in zip(norm(small)[1:], h[1:], strict=True):
+            assert torch.allclose(x / t, gain * y, rtol=1e-6)
+    assert _error(norm([1e3 * x for x in h]), norm(h)) < 1e-5  # up to eps = 1e-6 against sigma^2
+    with pytest.raises(ValueError, match="vector_floor"):
+        EquivariantNorm(channels, vector_floor=-1.0)
+
+    # from 1e-3 to 1e-1 the output grows almost 100-fold; the old norm's hardly at all
+    def growth(layer: EquivariantNorm) -> float:
+        size = [layer([h[0]] + [t * x for x in h[1:]])[1].abs().max() for t in (1e-3, 1e-1)]
+        return float(size[1] / size[0])
+
+    assert growth(norm) > 50 and growth(unfloored) < 10

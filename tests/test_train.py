@@ -195,14 +195,20 @@ def test_repeated_nonfinite_losses_stop_and_keep_the_last_checkpoint(tmp_path, m
     run = tmp_path / "run"
     with pytest.raises(
         NonFiniteLossError, match="3 consecutive training steps had a non-finite loss"
-    ):
+    ) as stopped:
         train(compose(tiny(run, "trainer.max_epochs=2", "module.max_nonfinite=3")))
+    assert "last.ckpt (the last finished epoch) is intact" in str(stopped.value)
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["epoch"] == 0 and checkpoint["global_step"] == 4
     assert all(
         torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point()
     )
     assert not (run / "model.pt").exists()
+    monkeypatch.setattr(WeightedLoss, "combine", nan_at(set(range(100))))
+    with pytest.raises(
+        NonFiniteLossError, match="No epoch had finished, so there is no checkpoint"
+    ):
+        train(compose(tiny(tmp_path / "fresh", "module.max_nonfinite=3")))
 
 
 # -- the command line -------------------------------------------------------------------------------
@@ -232,3 +238,47 @@ def test_cli_bad_data_stops_before_training(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{bad}, frame 3: forces contains NaN" in err
     assert not (run / "checkpoints").exists()
+
+
+def test_last_checkpoint_holds_the_last_epoch_when_validation_never_improves(tmp_path):
+    """With learning rate 0 the validation loss stays the same (up to rounding) every epoch:
+    last.ckpt still follows every epoch, and a rerun of the finished run trains nothing."""
+    run = tmp_path / "run"
+    overrides = tiny(run, "trainer.max_epochs=3", "optim.optimizer.lr=0.0")
+    train(compose(overrides))
+    checkpoints = run / "checkpoints"
+    assert load_checkpoint(checkpoints / "last.ckpt")["epoch"] == 2
+    assert load_checkpoint(checkpoints / "best.ckpt")["epoch"] <= 2
+    again = train(compose(overrides))  # resumes after the last epoch: test and export only
+    assert again.trainer.global_step == load_checkpoint(checkpoints / "last.ckpt")["global_step"]
+    assert (run / ".hydra" / "config.yaml").is_file()
+
+
+def test_cli_corrupt_last_checkpoint_is_one_line_and_leftover_temporaries_go(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(b"\x00not a checkpoint" * 10)
+    leftover = run / ".model.pt.abc123.tmp"  # a model file killed mid-write
+    leftover.write_bytes(b"partial")
+    assert mlip.cli.main(["train", *tiny(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{last}: unreadable checkpoint" in err and "resume=false" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not leftover.exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.max_epochs=abc", "trainer.max_epochs='abc': an integer"),
+        ("dtype=float16", "dtype='float16': choose float32 or float64"),
+        ("trainer.max_time=soon", "trainer.max_time='soon': DD:HH:MM:SS or null"),
+    ],
+)
+def test_cli_bad_config_values_stop_before_the_data_is_read(tmp_path, capsys, override, message):
+    missing = tmp_path / "absent.xyz"  # never opened: the config is checked first
+    overrides = tiny(tmp_path / "run", f"data.train={missing}", override)
+    assert mlip.cli.main(["train", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "absent.xyz" not in err and len(err.strip().splitlines()) == 1

@@ -16,14 +16,14 @@ from tests.test_train import tiny
 STEPS_PER_EPOCH = 8  # 16 training frames, batch 2
 
 
-def run_command(run: Path) -> list[str]:
+def run_command(run: Path, epochs: int = 3) -> list[str]:
     overrides = tiny(
         run,
         "data.index=57:81",  # 24 frames: 16 train / 4 val / 4 test
         "data.val_fraction=0.17",
         "data.test_fraction=0.17",
         "cutoff=4.0",
-        "trainer.max_epochs=3",
+        f"trainer.max_epochs={epochs}",
         "trainer.enable_progress_bar=true",
     )
     return [sys.executable, "-m", "mlip.cli", "train", *overrides]
@@ -41,6 +41,21 @@ def wait_for(pattern: str, log: Path, process: subprocess.Popen, timeout: float 
     raise AssertionError(f"timed out waiting for {pattern!r}")
 
 
+def signal_mid_epoch_1(run: Path, log: Path, send) -> subprocess.Popen:
+    """Start a run, ``send(process)`` when the progress bar says epoch 1 is part-way (2..6 of 8
+    batches), wait for the process to end and return it."""
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            run_command(run), stdout=out, stderr=subprocess.STDOUT, cwd=log.parent
+        )
+        try:
+            wait_for(r"Epoch 1:\s+\d+%\|[^|]*\| [2-6]/8", log, process)
+            send(process)
+        finally:
+            process.wait(timeout=60)
+    return process
+
+
 def optimizer_steps(checkpoint: dict) -> float:
     return float(checkpoint["optimizer_states"][0]["state"][0]["step"])
 
@@ -48,17 +63,8 @@ def optimizer_steps(checkpoint: dict) -> float:
 def test_sigkill_mid_epoch_then_rerun_resumes(tmp_path):
     run = tmp_path / "run"
     last = run / "checkpoints" / "last.ckpt"
-    log = tmp_path / "first.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            run_command(run), stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path
-        )
-        try:
-            # the progress bar says epoch 1 is part-way (2..6 of 8 batches): kill it there
-            wait_for(r"Epoch 1:\s+\d+%\|[^|]*\| [2-6]/8", log, process)
-            process.kill()  # SIGKILL: no handler, no cleanup
-        finally:
-            process.wait(timeout=60)
+    # SIGKILL: no handler, no cleanup
+    process = signal_mid_epoch_1(run, tmp_path / "first.log", subprocess.Popen.kill)
     assert process.returncode == -9
 
     killed = torch.load(last, weights_only=True)  # intact after the kill
@@ -83,3 +89,51 @@ def test_sigkill_mid_epoch_then_rerun_resumes(tmp_path):
     rows = list(csv.DictReader((run / "logs" / "version_1" / "metrics.csv").open()))
     epochs = {int(row["epoch"]) for row in rows if row.get("train/loss_epoch")}
     assert epochs == {1, 2}
+
+
+def test_sigterm_exits_non_zero_and_the_rerun_resumes(tmp_path):
+    """SIGTERM (a scheduler's or `docker stop`'s) ends the run with status 143 and a line saying
+    how to continue; the rerun resumes from the last finished epoch."""
+    run = tmp_path / "run"
+    log = tmp_path / "first.log"
+    process = signal_mid_epoch_1(run, log, subprocess.Popen.terminate)
+    text = log.read_text()
+    assert process.returncode == 143, text[-3000:]
+    last = run / "checkpoints" / "last.ckpt"
+    assert f"terminated by SIGTERM; {last} holds after epoch 0: rerun" in text
+    assert "Traceback" not in text and not (run / "model.pt").exists()
+    done = subprocess.run(
+        run_command(run), capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming from {last} (after epoch 0" in done.stdout
+
+
+def test_a_second_run_on_a_live_directory_is_refused_and_a_kill_leaves_no_lock(tmp_path):
+    run = tmp_path / "run"
+    log = tmp_path / "first.log"
+    with log.open("w") as out:
+        first = subprocess.Popen(  # long enough to outlast the second's start-up
+            run_command(run, epochs=1000), stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path
+        )
+        try:
+            wait_for(r"Epoch 0:", log, first)
+            config = (run / ".hydra" / "config.yaml").read_text()
+            second = subprocess.run(
+                [*run_command(run), "seed=7"], capture_output=True, text=True, cwd=tmp_path
+            )
+            assert first.poll() is None  # still training, undisturbed
+            first.kill()
+        finally:
+            first.wait(timeout=60)
+    assert second.returncode == 2
+    assert f"run directory {run} is in use by another mlip train (pid {first.pid})" in second.stderr
+    assert (run / ".hydra" / "config.yaml").read_text() == config  # the first run's record
+    # the killed run left nothing stuck; its epochs exceed this max_epochs, which is one line
+    fewer = subprocess.run(run_command(run), capture_output=True, text=True, cwd=tmp_path)
+    assert fewer.returncode == 2 and "Traceback" not in fewer.stderr
+    assert "checkpoint with current_epoch=" in fewer.stderr and "max_epochs=3" in fewer.stderr
+    third = subprocess.run(
+        [*run_command(run), "resume=false"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert third.returncode == 0, third.stderr[-3000:]

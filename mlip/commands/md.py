@@ -84,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
         if value <= 0
     ]
     problems += ["--steps must be >= 0"] if args.steps < 0 else []
-    problems += ["--temperature must be >= 0"] if args.temperature < 0 else []
+    problems += ["--temperature must be >= 0"] if not args.temperature >= 0 else []
     if problems:
         print(f"{PROG}: error: {'; '.join(problems)}", file=sys.stderr)
         return 2
@@ -92,6 +92,13 @@ def _run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     path = Path(args.structure)
     atoms = read_structure(path)
+    if len(atoms) < 2:
+        print(
+            f"{PROG}: error: {path}: MD needs at least 2 atoms (the total momentum is removed, "
+            "so a single atom cannot move)",
+            file=sys.stderr,
+        )
+        return 2
     if args.ensemble == "npt" and not (atoms.pbc.all() and atoms.cell.rank == 3):
         print(f"{PROG}: error: {path}: NPT needs a periodic structure", file=sys.stderr)
         return 2
@@ -135,7 +142,7 @@ def _run(args: argparse.Namespace) -> int:
     print(
         f"done: {result.steps} steps in {result.seconds:.1f} s, "
         f"{result.steps_per_second:.2f} steps/s, {result.atom_steps_per_second:.0f} atom-steps/s"
-        f"; final T {final.get_temperature():.1f} K, "
+        f"; final T {result.temperature_K:.1f} K, "
         f"E {final.get_total_energy() / len(final):.6f} eV/atom; "
         f"neighbour lists built {calc.neighbour_list_builds}x"
     )

@@ -28,18 +28,40 @@ def main(argv: list[str] | None = None) -> int:
     @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
     def run(cfg: DictConfig) -> None:
         # Lightning is imported only when training, not for --help or --cfg
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        from mlip.sim.io import one_line
+        from mlip.train.checkpoint import CheckpointError
         from mlip.train.module import NonFiniteLossError
-        from mlip.train.runner import train
+        from mlip.train.rundir import RunDirectoryInUse
+        from mlip.train.runner import ConfigError, TrainingTerminated, train
 
         sys.argv = [program, *command]
         try:
             train(cfg)
-        except (DataError, FileNotFoundError) as err:
-            print(f"mlip train: error: {err}", file=sys.stderr)
+        except (
+            DataError,
+            FileNotFoundError,
+            RunDirectoryInUse,
+            CheckpointError,
+            ConfigError,
+            MisconfigurationException,  # e.g. resuming past max_epochs
+        ) as err:
+            print(f"mlip train: error: {one_line(err)}", file=sys.stderr)
             raise SystemExit(2) from None
         except NonFiniteLossError as err:
             print(f"mlip train: stopped: {err}", file=sys.stderr)
             raise SystemExit(1) from None
+        except TrainingTerminated as err:
+            print(f"mlip train: {err}", file=sys.stderr)
+            raise SystemExit(143) from None  # 128 + SIGTERM, as a shell reports it
+        except KeyboardInterrupt:  # before or after fitting (Lightning handles it during)
+            print(
+                "mlip train: interrupted; rerun the same command to continue from "
+                "checkpoints/last.ckpt, if there is one",
+                file=sys.stderr,
+            )
+            raise SystemExit(130) from None
 
     sys.argv = [program, *argv]
     try:

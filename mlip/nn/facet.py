@@ -43,6 +43,11 @@ class Facet(nn.Module):
             atomic basis up to ``l_sh``) while the node features stay small; at most ``l_sh``.
         avg_num_neighbors: mean neighbour count of the training data (set at fit time).
         norm_power: neighbour sums are divided by ``avg_num_neighbors ** norm_power``.
+        vector_floor: each layer's norm divides the ``l > 0`` features by
+            ``sqrt(sigma_v^2 + vector_floor * sigma_0^2)`` (their mean square and the scalars',
+            :class:`~mlip.nn.layers.EquivariantNorm`), which keeps the energy smooth where the
+            ``l > 0`` features vanish by symmetry (perfect crystals, symmetric molecules). 0 is
+            the norm of model files of format <= 2, not smooth there.
         gamma_init: initial value of the residual gates (0 gives an identity start).
         readout_hidden: hidden width of the readout MLP on the final scalars.
         charge_spin: condition on the total charge and spin multiplicity of each structure: a
@@ -71,6 +76,7 @@ class Facet(nn.Module):
         message_degree: int | None = None,
         avg_num_neighbors: float = 1.0,
         norm_power: float = 0.5,
+        vector_floor: float = 0.1,
         gamma_init: float = 0.0,
         readout_hidden: int = 16,
         charge_spin: bool = False,
@@ -130,7 +136,7 @@ class Facet(nn.Module):
                     conv_channels,
                 )
             )
-            self.norms.append(EquivariantNorm(out_channels))
+            self.norms.append(EquivariantNorm(out_channels, vector_floor=vector_floor))
         # residual gates per layer: scalars in every layer, l > 0 in all but the last
         self.gammas = nn.ParameterList(
             nn.Parameter(torch.full((num_layers - (l > 0), c, 1), float(gamma_init)))

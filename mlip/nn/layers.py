@@ -293,23 +293,37 @@ ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh, "poly2": Poly2
 
 
 class EquivariantNorm(nn.Module):
-    """Layer norm for irreps: scalars centred and RMS-normalised over channels; all ``l > 0``
-    features share one RMS over channels and components. Learned scale per channel, bias on scalars.
+    """Layer norm for irreps that stays smooth where the ``l > 0`` features vanish.
+
+    The scalars are centred over channels and divided by their RMS ``sigma_0`` (over channels);
+    all ``l > 0`` features are divided by ``sqrt(sigma_v^2 + vector_floor * sigma_0^2)``, with
+    ``sigma_v^2`` their mean square over channels and components. At perfect crystals and
+    symmetric molecules the ``l > 0`` features vanish by symmetry while the scalars do not, so
+    there the layer is linear in them with gain ``1 / (sqrt(vector_floor) sigma_0)``. With
+    ``vector_floor = 0`` (model files of format <= 2) it is ``x / sqrt(|x|^2 + eps)`` at such
+    points instead, a step of width ``sqrt(eps)`` that gives force constants of thousands of
+    eV/Å². The output does not change when all inputs are scaled by one factor. Learned scale
+    per channel, bias on scalars.
     """
 
-    def __init__(self, channels: list[int], eps: float = 1e-6) -> None:
+    def __init__(self, channels: list[int], eps: float = 1e-6, vector_floor: float = 0.1) -> None:
         super().__init__()
+        if not vector_floor >= 0:
+            raise ValueError(f"vector_floor={vector_floor} must be >= 0")
         self.eps = eps
+        self.vector_floor = vector_floor
         self.scales = nn.ParameterList(nn.Parameter(torch.ones(c, 1)) for c in channels)
         self.bias = nn.Parameter(torch.zeros(channels[0], 1))
 
     def forward(self, h: Features) -> Features:
         s = h[0] - h[0].mean(dim=1, keepdim=True)
-        s = s * torch.rsqrt(s.pow(2).mean(dim=(1, 2), keepdim=True) + self.eps)
+        mean_sq_scalars = s.pow(2).mean(dim=(1, 2))  # [N]
+        s = s * torch.rsqrt(mean_sq_scalars + self.eps)[:, None, None]
         out = [s * self.scales[0] + self.bias]
         if len(h) > 1:
             sq = sum(x.pow(2).sum(dim=(1, 2)) for x in h[1:])
             count = sum(x.shape[1] * x.shape[2] for x in h[1:])
-            inv = torch.rsqrt(sq / count + self.eps)[:, None, None]
+            mean_sq = sq / count + self.vector_floor * mean_sq_scalars
+            inv = torch.rsqrt(mean_sq + self.eps)[:, None, None]
             out += [x * inv * scale for x, scale in zip(h[1:], self.scales[1:], strict=True)]
         return out

@@ -14,7 +14,7 @@ import ase.io
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from mlip.calculator import AtomsTooCloseError
+from mlip.calculator import AtomsTooCloseError, NonFiniteOutputError
 from mlip.data.readers import DataError
 from mlip.export import ModelFileError
 from mlip.nn.potential import UnknownElementError
@@ -30,6 +30,7 @@ INPUT_ERRORS = (
     ModelFileError,
     UnknownElementError,
     AtomsTooCloseError,
+    NonFiniteOutputError,
     FileNotFoundError,
     IsADirectoryError,
     PermissionError,

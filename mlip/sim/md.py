@@ -34,6 +34,9 @@ class MDResult:
     atoms: Atoms
     steps: int
     seconds: float  # wall time of the integration, s
+    temperature_K: (
+        float  # final, K, as the log counts it (ASE: 3N degrees of freedom, 3N - 3 under FixCom)
+    )
 
     @property
     def steps_per_second(self) -> float:
@@ -132,6 +135,13 @@ def run_md(
     since the previous line (steps/s, atom-steps/s). ``integrator_options`` go to
     :func:`make_integrator`.
     """
+    if len(atoms) < 2:
+        raise ValueError(
+            f"MD needs at least 2 atoms, got {len(atoms)}: the total momentum is removed, so a "
+            "single atom cannot move"
+        )
+    if not np.isfinite(temperature_K):
+        raise ValueError(f"temperature {temperature_K} K is not a finite number")
     rng = np.random.default_rng(seed)
     atoms = atoms.copy()
     atoms.calc = calculator
@@ -207,4 +217,5 @@ def run_md(
         seconds = time.perf_counter() - start
         if dynamics.nsteps % interval:
             report()
-    return MDResult(snapshot(atoms, drop=(FixCom,)), steps, seconds)
+    # with FixCom still attached, as in the log (ASE counts its degrees of freedom)
+    return MDResult(snapshot(atoms, drop=(FixCom,)), steps, seconds, atoms.get_temperature())

@@ -25,18 +25,34 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, path)
 
 
+class CheckpointError(RuntimeError):
+    """A training checkpoint that cannot be read."""
+
+
 def remove_partial_checkpoints(directory: str | os.PathLike) -> list[Path]:
-    """Delete temporary files left by a run killed while writing a checkpoint; returns them."""
+    """Delete temporary files left by a run killed while writing a checkpoint or a model file
+    (``.NAME.ckpt.*.tmp``, ``.NAME.pt.*.tmp``) in ``directory``; returns them."""
     directory = Path(directory)
-    leftovers = sorted(directory.glob(".*.ckpt.*.tmp")) if directory.is_dir() else []
+    leftovers = (
+        sorted([*directory.glob(".*.ckpt.*.tmp"), *directory.glob(".*.pt.*.tmp")])
+        if directory.is_dir()
+        else []
+    )
     for path in leftovers:
         path.unlink(missing_ok=True)
     return leftovers
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A training checkpoint, loaded with ``weights_only=True`` on the CPU."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A training checkpoint, loaded with ``weights_only=True`` on the CPU; raises
+    :class:`CheckpointError` naming the file if it cannot be read."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(
+            f"{path}: unreadable checkpoint (corrupt or truncated): move it away, or rerun with "
+            "resume=false to start the run over"
+        ) from None
 
 
 def potential_from_checkpoint(checkpoint: dict[str, Any], ema: bool = True) -> Potential:
@@ -63,6 +79,7 @@ def potential_from_checkpoint(checkpoint: dict[str, Any], ema: bool = True) -> P
 
 __all__ = [
     "AtomicCheckpointIO",
+    "CheckpointError",
     "load_checkpoint",
     "potential_from_checkpoint",
     "remove_partial_checkpoints",

@@ -11,6 +11,7 @@ Validation, test and export use the EMA weights.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -155,10 +156,17 @@ class PotentialModule(pl.LightningModule):
             raise NonFiniteLossError(
                 f"{self.consecutive_nonfinite} consecutive training steps had a non-finite {what} "
                 f"(epoch {self.current_epoch}, batch {batch_idx}; {self.nonfinite_steps} skipped in "
-                "all): stopping. The last checkpoint written before this is intact; lower the "
-                "learning rate (optim.optimizer.lr), check the data, or resume from it."
+                f"all): stopping. {self._checkpoint_note()} Lower the learning rate "
+                "(optim.optimizer.lr) or check the data."
             )
         return None
+
+    def _checkpoint_note(self) -> str:
+        """Where the run can be continued from, for the message of a stopped run."""
+        last = Path(self.trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            return f"{last} (the last finished epoch) is intact: rerun to continue from it."
+        return "No epoch had finished, so there is no checkpoint."
 
     def on_train_epoch_end(self) -> None:
         optimizer = self.optimizers()

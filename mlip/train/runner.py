@@ -6,6 +6,7 @@
 Run directory layout (``cfg.run_dir``)::
 
     .hydra/               the composed config and overrides (written by ``mlip train``)
+    .lock                 held by the live run (a second process on the directory is refused)
     checkpoints/last.ckpt every epoch; the run resumes from it
     checkpoints/best.ckpt lowest validation loss
     logs/version_<k>/     CSV metrics, one version per (re)start
@@ -15,6 +16,7 @@ Run directory layout (``cfg.run_dir``)::
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from mlip.data.datamodule import AtomsDataModule
@@ -39,6 +42,7 @@ from mlip.train import CONF_DIR
 from mlip.train.checkpoint import AtomicCheckpointIO, load_checkpoint, remove_partial_checkpoints
 from mlip.train.metrics import UNITS
 from mlip.train.module import PotentialModule
+from mlip.train.rundir import is_first_process, locked_run_dir, record_config
 
 DataModule = AtomsDataModule | LMDBDataModule
 """What ``cfg.data`` builds: frames in memory, or streamed from LMDB (``data=lmdb``)."""
@@ -60,6 +64,36 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictCo
     """The config ``mlip train <overrides>`` would run (without the ``hydra`` node)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+class ConfigError(ValueError):
+    """A config value of the wrong kind, found before any data is read."""
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse config values that would only fail after the data is read (a traceback then)."""
+    problems = []
+    if cfg.dtype not in ("float32", "float64"):
+        problems.append(f"dtype={cfg.dtype!r}: choose float32 or float64")
+    if not isinstance(cfg.cutoff, int | float) or not cfg.cutoff > 0:
+        problems.append(f"cutoff={cfg.cutoff!r}: a positive number of Å")
+    for key in (
+        "seed",
+        "num_threads",
+        "trainer.max_epochs",
+        "trainer.devices",
+        "trainer.num_nodes",
+    ):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not (isinstance(value, int) or key == "trainer.devices"):
+            problems.append(f"{key}={value!r}: an integer")
+    max_time = OmegaConf.select(cfg, "trainer.max_time")
+    if max_time is not None and not (
+        isinstance(max_time, str) and re.fullmatch(r"\d+:\d+:\d+:\d+", max_time)
+    ):
+        problems.append(f"trainer.max_time={max_time!r}: DD:HH:MM:SS or null")
+    if problems:
+        raise ConfigError("bad config value: " + "; ".join(problems))
 
 
 def checkpoint_to_resume(run_dir: Path, resume: str | bool) -> Path | None:
@@ -99,13 +133,33 @@ def build_potential(cfg: DictConfig, datamodule: DataModule) -> Potential:
 
 
 def train(cfg: DictConfig) -> TrainResult:
-    """Train, test and export as ``cfg`` says; returns the trained module and the model path."""
-    started = time.perf_counter()
+    """Train, test and export as ``cfg`` says; returns the trained module and the model path.
+
+    Raises :class:`~mlip.train.rundir.RunDirectoryInUse` if another live process trains in
+    ``cfg.run_dir``, and :class:`TrainingTerminated` on SIGTERM.
+    """
     run_dir = Path(cfg.run_dir)
+    if not is_first_process():
+        return _train(cfg, run_dir)
+    with locked_run_dir(run_dir):
+        record_config(cfg, run_dir)
+        return _train(cfg, run_dir)
+
+
+class TrainingTerminated(RuntimeError):
+    """The run got SIGTERM; its last finished epoch is in ``checkpoints/last.ckpt``."""
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> TrainResult:
+    started = time.perf_counter()
+    check_config(cfg)
     ckpt_dir = run_dir / "checkpoints"
     if rank_zero_only.rank == 0:
         remove_partial_checkpoints(ckpt_dir)
+        remove_partial_checkpoints(run_dir)  # a model file killed mid-write
     resume_from = checkpoint_to_resume(run_dir, cfg.resume)
+    if resume_from is not None:
+        load_checkpoint(resume_from)  # an unreadable one stops here, in one line
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -130,28 +184,44 @@ def train(cfg: DictConfig) -> TrainResult:
         config=plain,
     )
     has_val = datamodule.has("val")
-    checkpoint = ModelCheckpoint(
+    # two callbacks: with save_last on the monitored one, Lightning 2.6 rewrites last.ckpt only
+    # when the monitored loss improves, and a kill then loses every epoch since
+    last_checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir,
-        filename="best",
-        monitor="val/loss" if has_val else None,
-        mode="min",
-        save_top_k=1 if has_val else 0,
-        save_last=True,
+        filename="last",
+        monitor=None,
+        save_top_k=1,
         save_on_train_epoch_end=True,
         enable_version_counter=False,
         auto_insert_metric_name=False,
     )
+    callbacks = [last_checkpoint]
+    if has_val:
+        best_checkpoint = ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="best",
+            monitor="val/loss",
+            mode="min",
+            save_top_k=1,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+            auto_insert_metric_name=False,
+        )
+        callbacks.insert(0, best_checkpoint)
     loggers = [instantiate(node, _convert_="all") for node in (cfg.logger or {}).values()]
     trainer: pl.Trainer = instantiate(cfg.trainer, _partial_=True, _convert_="all")(
         default_root_dir=run_dir,
         logger=loggers,
-        callbacks=[checkpoint],
+        callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         inference_mode=False,  # forces need autograd during validation and test
     )
     _report_start(cfg, datamodule, potential, resume_from, trainer)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    except SIGTERMException:
+        raise TrainingTerminated(_terminated(ckpt_dir / "last.ckpt")) from None
 
     best = ckpt_dir / "best.ckpt"
     if has_val and best.is_file():
@@ -160,7 +230,10 @@ def train(cfg: DictConfig) -> TrainResult:
         module.last_metrics = dict(best_state.get("mlip", {}).get("metrics", {}))
     metrics = {k: dict(v) for k, v in module.last_metrics.items()}
     if datamodule.has("test"):
-        trainer.test(module, datamodule=datamodule, verbose=False)
+        try:
+            trainer.test(module, datamodule=datamodule, verbose=False)
+        except SIGTERMException:
+            raise TrainingTerminated(_terminated(ckpt_dir / "last.ckpt")) from None
         metrics["test"] = dict(module.last_metrics.get("test", {}))
 
     model_path = None
@@ -180,6 +253,11 @@ def train(cfg: DictConfig) -> TrainResult:
         _report_end(model_path, metrics, datamodule, time.perf_counter() - started)
     _finish(loggers)
     return TrainResult(run_dir, model_path, module, datamodule, trainer, metrics)
+
+
+def _terminated(last: Path) -> str:
+    done = f"after epoch {load_checkpoint(last).get('epoch')}" if last.is_file() else "nothing"
+    return f"terminated by SIGTERM; {last} holds {done}: rerun the same command to continue from it"
 
 
 def _finish(loggers: list) -> None:
@@ -258,4 +336,12 @@ def _report_end(
     print("\n".join(lines), flush=True)
 
 
-__all__ = ["CONF_DIR", "TrainResult", "build_potential", "checkpoint_to_resume", "compose", "train"]
+__all__ = [
+    "CONF_DIR",
+    "TrainResult",
+    "TrainingTerminated",
+    "build_potential",
+    "checkpoint_to_resume",
+    "compose",
+    "train",
+]
