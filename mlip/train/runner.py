@@ -77,15 +77,9 @@ def check_config(cfg: DictConfig) -> None:
         problems.append(f"dtype={cfg.dtype!r}: choose float32 or float64")
     if not isinstance(cfg.cutoff, int | float) or not cfg.cutoff > 0:
         problems.append(f"cutoff={cfg.cutoff!r}: a positive number of Å")
-    for key in (
-        "seed",
-        "num_threads",
-        "trainer.max_epochs",
-        "trainer.devices",
-        "trainer.num_nodes",
-    ):
+    for key in ("seed", "num_threads", "trainer.max_epochs", "trainer.num_nodes"):
         value = OmegaConf.select(cfg, key)
-        if value is not None and not (isinstance(value, int) or key == "trainer.devices"):
+        if value is not None and not isinstance(value, int):
             problems.append(f"{key}={value!r}: an integer")
     max_time = OmegaConf.select(cfg, "trainer.max_time")
     if max_time is not None and not (
