@@ -109,6 +109,16 @@ def test_mlip_md_refuses_one_atom_and_a_nan_temperature(model_file, tmp_path, ca
     assert "--temperature must be >= 0" in capsys.readouterr().err
 
 
+def test_mlip_md_names_the_file_with_an_unknown_element(model_file, tmp_path, capsys):
+    from ase import Atoms
+
+    gold = tmp_path / "au2.extxyz"
+    Atoms("Au2", positions=[[0, 0, 0], [2.9, 0, 0]]).write(gold)
+    assert cli.main(["md", str(gold), "--model", str(model_file), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"mlip md: error: {gold}: element Au is not known") and "\n" not in err
+
+
 def test_mlip_relax_writes_a_cif(model_file, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rattled_silicon().write("si.cif")

@@ -69,6 +69,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from mlip.calculator import MLIPCalculator
+    from mlip.nn.potential import UnknownElementError
     from mlip.sim.io import read_structure
     from mlip.sim.md import run_md
 
@@ -113,6 +114,11 @@ def _run(args: argparse.Namespace) -> int:
         skin=args.skin,
         min_distance=args.min_distance,
     )
+    try:
+        calc.check_elements(atoms)
+    except UnknownElementError as err:
+        print(f"{PROG}: error: {path}: {err}", file=sys.stderr)
+        return 1
     thermostat = {"nve": "", "nvt": f" {args.thermostat}", "npt": f" {args.pressure} GPa"}
     print(
         f"{path}: {len(atoms)} atoms ({atoms.get_chemical_formula()}), "
