@@ -282,3 +282,4 @@ def test_cli_bad_config_values_stop_before_the_data_is_read(tmp_path, capsys, ov
     assert mlip.cli.main(["train", *overrides]) == 2
     err = capsys.readouterr().err
     assert message in err and "absent.xyz" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / ".hydra").exists()  # refused before the directory is touched

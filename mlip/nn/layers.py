@@ -302,7 +302,8 @@ class EquivariantNorm(nn.Module):
     there the layer is linear in them with gain ``1 / (sqrt(vector_floor) sigma_0)``. With
     ``vector_floor = 0`` (model files of format <= 2) it is ``x / sqrt(|x|^2 + eps)`` at such
     points instead, a step of width ``sqrt(eps)`` that gives force constants of thousands of
-    eV/Å². The output does not change when all inputs are scaled by one factor. Learned scale
+    eV/Å². The output does not change when all inputs are scaled by one factor (up to ``eps``).
+    Learned scale
     per channel, bias on scalars.
     """
 

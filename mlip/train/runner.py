@@ -132,6 +132,7 @@ def train(cfg: DictConfig) -> TrainResult:
     Raises :class:`~mlip.train.rundir.RunDirectoryInUse` if another live process trains in
     ``cfg.run_dir``, and :class:`TrainingTerminated` on SIGTERM.
     """
+    check_config(cfg)  # before the lock and .hydra/: a bad value leaves the directory alone
     run_dir = Path(cfg.run_dir)
     if not is_first_process():
         return _train(cfg, run_dir)
@@ -146,14 +147,16 @@ class TrainingTerminated(RuntimeError):
 
 def _train(cfg: DictConfig, run_dir: Path) -> TrainResult:
     started = time.perf_counter()
-    check_config(cfg)
     ckpt_dir = run_dir / "checkpoints"
     if rank_zero_only.rank == 0:
         remove_partial_checkpoints(ckpt_dir)
         remove_partial_checkpoints(run_dir)  # a model file killed mid-write
     resume_from = checkpoint_to_resume(run_dir, cfg.resume)
+    resumed_at = None  # (epoch, global step) of resume_from; an unreadable one stops here
     if resume_from is not None:
-        load_checkpoint(resume_from)  # an unreadable one stops here, in one line
+        info = load_checkpoint(resume_from)
+        resumed_at = (info.get("epoch"), info.get("global_step"))
+        del info  # Lightning reads it again in fit; do not hold it through data loading
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -180,28 +183,18 @@ def _train(cfg: DictConfig, run_dir: Path) -> TrainResult:
     has_val = datamodule.has("val")
     # two callbacks: with save_last on the monitored one, Lightning 2.6 rewrites last.ckpt only
     # when the monitored loss improves, and a kill then loses every epoch since
-    last_checkpoint = ModelCheckpoint(
+    shared = dict(
         dirpath=ckpt_dir,
-        filename="last",
-        monitor=None,
         save_top_k=1,
         save_on_train_epoch_end=True,
         enable_version_counter=False,
         auto_insert_metric_name=False,
     )
-    callbacks = [last_checkpoint]
+    callbacks = [ModelCheckpoint(filename="last", monitor=None, **shared)]
     if has_val:
-        best_checkpoint = ModelCheckpoint(
-            dirpath=ckpt_dir,
-            filename="best",
-            monitor="val/loss",
-            mode="min",
-            save_top_k=1,
-            save_on_train_epoch_end=True,
-            enable_version_counter=False,
-            auto_insert_metric_name=False,
+        callbacks.insert(
+            0, ModelCheckpoint(filename="best", monitor="val/loss", mode="min", **shared)
         )
-        callbacks.insert(0, best_checkpoint)
     loggers = [instantiate(node, _convert_="all") for node in (cfg.logger or {}).values()]
     trainer: pl.Trainer = instantiate(cfg.trainer, _partial_=True, _convert_="all")(
         default_root_dir=run_dir,
@@ -210,7 +203,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> TrainResult:
         plugins=[AtomicCheckpointIO()],
         inference_mode=False,  # forces need autograd during validation and test
     )
-    _report_start(cfg, datamodule, potential, resume_from, trainer)
+    _report_start(cfg, datamodule, potential, resume_from, resumed_at)
 
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
@@ -268,7 +261,7 @@ def _report_start(
     datamodule: DataModule,
     potential: Potential,
     resume_from: Path | None,
-    trainer: pl.Trainer,
+    resumed_at: tuple[int, int] | None,
 ) -> None:
     stats = datamodule.statistics
     described = datamodule.describe()
@@ -285,11 +278,9 @@ def _report_start(
     )
     _report_bad(described)
     if resume_from is not None:
-        info = load_checkpoint(resume_from)
+        epoch, step = resumed_at
         print(
-            f"  resuming from {resume_from} (after epoch {info.get('epoch')}, "
-            f"global step {info.get('global_step')})",
-            flush=True,
+            f"  resuming from {resume_from} (after epoch {epoch}, global step {step})", flush=True
         )
 
 
