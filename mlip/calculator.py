@@ -21,16 +21,17 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from torch_geometric.data import Data
 
 from mlip import keys
-from mlip.data.graph import neighbour_list
+from mlip.data.graph import (
+    MIN_DISTANCE,
+    local_coordinates,
+    neighbour_list,
+    too_close,
+)
 from mlip.nn.potential import Potential, UnknownElementError
 
 
 class NonFiniteOutputError(ValueError):
     """The model gave a NaN or infinite energy, force or stress."""
-
-
-class AtomsTooCloseError(ValueError):
-    """Two atoms are closer than the calculator's ``min_distance``."""
 
 
 class MLIPCalculator(Calculator):
@@ -50,7 +51,7 @@ class MLIPCalculator(Calculator):
             when some pair may have crossed that margin (about when an atom moved by ``skin / 2``).
             0 rebuilds it every step.
         min_distance: smallest allowed interatomic distance, Å; closer atoms raise
-            :class:`AtomsTooCloseError` naming them (0 disables the check).
+            :class:`~mlip.data.graph.AtomsTooCloseError` naming them (0 disables the check).
         stress: compute stress with every calculation on periodic cells (default), or only when
             asked for (``False``; saves a little time in NVE/NVT MD).
 
@@ -67,7 +68,7 @@ class MLIPCalculator(Calculator):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | str | None = None,
         skin: float = 0.5,
-        min_distance: float = 0.5,
+        min_distance: float = MIN_DISTANCE,
         stress: bool = True,
         **kwargs,
     ) -> None:
@@ -166,23 +167,20 @@ class MLIPCalculator(Calculator):
             self._verlet = _VerletList(atoms, self.cutoff, self.skin)
             self.neighbour_list_builds += 1
         i, j, shifts, distances = self._verlet.within(atoms, self.cutoff)
-        if self.min_distance > 0 and len(distances) and distances.min() < self.min_distance:
-            k = int(np.argmin(distances))
-            a, b = sorted((int(i[k]), int(j[k])))
-            symbols = atoms.get_chemical_symbols()
-            raise AtomsTooCloseError(
-                f"atoms {a} ({symbols[a]}) and {b} ({symbols[b]}) are {distances[k]:.3f} Å apart, "
-                f"closer than the minimum distance {self.min_distance} Å"
-            )
+        error = too_close(atoms.numbers, i, j, distances, self.min_distance)
+        if error is not None:
+            raise error
         return i, j, shifts
 
     def _graph(self, atoms: Atoms, i: np.ndarray, j: np.ndarray, shifts: np.ndarray) -> Data:
-        """One-structure batch with the fields of :mod:`mlip.keys`, built without a new search."""
+        """One-structure batch with the fields of :mod:`mlip.keys`, built without a new search
+        (positions as :func:`~mlip.data.graph.local_coordinates` gives them)."""
         device, dtype = self.device, self.dtype
         n = len(atoms)
         charge, spin = _charge_spin(atoms)
+        positions, shifts = local_coordinates(atoms, i, j, shifts)
         return Data(
-            pos=torch.tensor(atoms.positions, dtype=dtype, device=device),
+            pos=torch.tensor(positions, dtype=dtype, device=device),
             z=torch.tensor(atoms.numbers, dtype=torch.long, device=device),
             batch=torch.zeros(n, dtype=torch.long, device=device),
             cell=torch.tensor(atoms.cell.array, dtype=dtype, device=device).unsqueeze(0),

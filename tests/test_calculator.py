@@ -12,8 +12,9 @@ from ase.md.verlet import VelocityVerlet
 from ase.stress import voigt_6_to_full_3x3_stress
 
 import mlip
-from mlip.calculator import AtomsTooCloseError, MLIPCalculator
+from mlip.calculator import MLIPCalculator
 from mlip.data import atoms_to_batch
+from mlip.data.graph import AtomsTooCloseError
 from mlip.nn.potential import UnknownElementError
 from mlip.sim.md import thermalize
 
@@ -140,3 +141,17 @@ def test_atoms_too_close(potential):
     atoms.calc = MLIPCalculator(potential, min_distance=0.1)
     with pytest.raises(AtomsTooCloseError, match="0.000 Å apart"):
         atoms.get_potential_energy()
+
+
+@pytest.mark.parametrize("offset", [1e3, 1e6])
+@pytest.mark.parametrize("pbc", [True, False])
+def test_float32_results_do_not_depend_on_where_the_structure_sits(offset, pbc):
+    """The bundled model in float32 on perfect diamond Si (periodic) or a cluster cut from it:
+    translated far from the origin, the energy and forces are those at the origin."""
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    atoms.pbc = pbc
+    atoms.calc = MLIPCalculator(dtype="float32")
+    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+    atoms.positions += offset * np.array([1.0, 0.7, -0.4])
+    assert abs(atoms.get_potential_energy() - energy) < 1e-4  # eV; was 0.05 at 1e6 Å
+    assert np.abs(atoms.get_forces() - forces).max() < 1e-4  # eV/Å; was 5e-4 at 1e3, 0.5 at 1e6

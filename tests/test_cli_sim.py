@@ -27,6 +27,14 @@ def bad_inputs(folder):
     stacked.positions[2] = stacked.positions[6]
     on_top = folder / "on_top.extxyz"
     stacked.write(on_top)
+    lost = rattled_silicon()
+    lost.positions[4, 0] = np.nan
+    not_finite = folder / "not_finite.extxyz"
+    lost.write(not_finite)
+    flat = rattled_silicon()
+    flat.set_cell([flat.cell[0], flat.cell[1], flat.cell[0] + flat.cell[1]])
+    colinear = folder / "colinear.extxyz"
+    flat.write(colinear)
     return {
         "missing": (folder / "absent.cif", "no such file"),
         "garbled": (garbled, "cannot parse"),
@@ -36,11 +44,16 @@ def bad_inputs(folder):
             "element Cu is not known to this model, which knows H, C, O, Si",
         ),
         "on top": (on_top, "atoms 2 (Si) and 6 (Si) are 0.000 Å apart"),
+        "not finite": (not_finite, "position of atom 4 is not finite"),
+        "colinear cell": (colinear, "the periodic cell vectors are linearly dependent"),
     }
 
 
 @pytest.mark.parametrize("command", ["relax", "md"])
-@pytest.mark.parametrize("case", ["missing", "garbled", "empty", "unknown element", "on top"])
+@pytest.mark.parametrize(
+    "case",
+    ["missing", "garbled", "empty", "unknown element", "on top", "not finite", "colinear cell"],
+)
 def test_bad_structure_gives_one_line(command, case, model_file, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path, words = bad_inputs(tmp_path)[case]
@@ -154,3 +167,42 @@ def test_help(command, capsys):
         cli.main([command, "--help"])
     assert exit_info.value.code == 0
     assert f"usage: mlip {command}" in capsys.readouterr().out
+
+
+def disordered_silicon_cif(path, kind: str):
+    """The rattled Si cell as a P 1 CIF with one site half occupied, or two atoms on one site."""
+    atoms = rattled_silicon()
+    rows = []
+    for k, (x, y, z) in enumerate(atoms.get_scaled_positions()):
+        if kind == "duplicate" and k == 7:
+            x, y, z = atoms.get_scaled_positions()[2]
+        occupancy = 0.5 if kind == "partial" and k == 3 else 1.0
+        rows.append(f"Si{k + 1} Si {x:.6f} {y:.6f} {z:.6f} {occupancy}")
+    a, b, c, alpha, beta, gamma = atoms.cell.cellpar()
+    path.write_text(
+        f"data_si\n_cell_length_a {a}\n_cell_length_b {b}\n_cell_length_c {c}\n"
+        f"_cell_angle_alpha {alpha}\n_cell_angle_beta {beta}\n_cell_angle_gamma {gamma}\n"
+        "_symmetry_space_group_name_H-M 'P 1'\nloop_\n_atom_site_label\n_atom_site_type_symbol\n"
+        "_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n_atom_site_occupancy\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize("command", ["relax", "md"])
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("partial", "site Si4 (Si) has occupancy 0.5; mlip needs an ordered structure"),
+        ("duplicate", "atom sites Si3 (Si) and Si8 (Si) are at the same position (0 Å apart)"),
+    ],
+)
+def test_disordered_cif_gives_one_line(command, kind, words, model_file, tmp_path, capsys):
+    path = disordered_silicon_cif(tmp_path / f"{kind}.cif", kind)
+    status = cli.main([command, str(path), "--model", str(model_file), "--steps", "3"])
+    err = capsys.readouterr().err
+    assert status != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mlip {command}: error: {path}: {words}"), err
+    assert not (tmp_path / f"{kind}_relaxed.cif").exists()

@@ -13,7 +13,7 @@ from mlip.commands.data import main
 from mlip.data.graph import atoms_to_graph
 from mlip.data.lmdb import GraphLMDBDataset, LMDBDataset
 from mlip.data.readers import DataError, read_frames
-from mlip.data.tools import convert, scan_files, streaming_statistics
+from mlip.data.tools import convert, iter_atoms, scan_files, streaming_statistics
 
 DATA = Path(__file__).parent.parent / "data"
 SAMPLES = DATA / "aselmdb_samples"
@@ -151,3 +151,65 @@ def test_cli(tmp_path, capsys):
     assert not any("Traceback" in line for line in err)
     assert main(["preprocess", str(path), str(cache), "--no-progress"]) == 1
     assert capsys.readouterr().err.strip().endswith("exists (remove it, or pass --overwrite)")
+
+
+def water_frames(path, n=12):
+    """``n`` water frames with energy and forces (3 atoms: 5 lines each in extxyz)."""
+    frames = []
+    for i in range(n):
+        atoms = Atoms("H2O", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
+        atoms.rattle(0.01, seed=i)
+        atoms.calc = SinglePointCalculator(atoms, energy=-14.0 - i, forces=np.full((3, 3), 0.1))
+        frames.append(atoms)
+    ase.io.write(path, frames)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("count", "problem"),
+    [
+        ("4", "the atom count on line 26 is 4, but only 3 atom lines follow (line 31 is '3')"),
+        ("three", "line 26 should be the number of atoms, not 'three'"),
+    ],
+)
+def test_check_names_a_frame_with_a_wrong_atom_count(tmp_path, capsys, count, problem):
+    path = water_frames(tmp_path / "water.xyz")
+    lines = path.read_text().splitlines(keepends=True)
+    lines[25] = f"{count}\n"  # the count line of frame 5
+    path.write_text("".join(lines))
+    assert main(["check", str(path), "--cutoff", "3", "--no-progress"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"bad: {path}, frame 5: {problem}", "12 frames: 1 bad, 0 outliers"]
+    records = list(iter_atoms(path))
+    assert [where for where, _ in records] == [f"{path}, frame {k}" for k in range(12)]
+    assert isinstance(records[5][1], DataError)
+    assert all(isinstance(atoms, Atoms) for k, (_, atoms) in enumerate(records) if k != 5)
+
+
+def test_check_says_where_a_file_stops_being_readable(tmp_path, capsys):
+    frames = read_frames(SI_XYZ, "0:5")
+    ase.io.write(tmp_path / "si.traj", frames)
+    data = (tmp_path / "si.traj").read_bytes()
+    path = tmp_path / "cut.traj"
+    path.write_bytes(data[: int(0.7 * len(data))])  # frames 3 and 4 cut off
+    assert main(["check", str(path), "--cutoff", "3", "--no-progress"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"bad: {path}, frame 3: cannot parse: ")
+    assert out[0].endswith("(frames 3.. not read)")
+    assert out[1] == (
+        "4 frames: 1 bad (1 file unreadable past a bad frame, whose later frames are not "
+        "counted), 0 outliers"
+    )
+
+
+def test_check_refuses_a_file_of_blank_lines(tmp_path, capsys):
+    path = tmp_path / "blank.xyz"
+    path.write_text("\n  \n\t\n\n")
+    assert main(["check", str(path), "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert (
+        captured.err.strip() == f"mlip data: error: {path}: contains no frames (only blank lines)"
+    )
+    assert "frames:" not in captured.out
+    with pytest.raises(DataError, match="contains no frames"):
+        list(iter_atoms(path, index="0:3"))

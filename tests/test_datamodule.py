@@ -82,6 +82,8 @@ def write_bad(tmp_path: Path, kind: str) -> Path:
         frames[2].calc.results["forces"] = forces
     if kind == "missing_label":
         frames[2].calc.results.pop("energy")
+    if kind == "overlap":
+        frames[2].positions[7] = frames[2].positions[3] + [0.05, 0.0, 0.0]
     ase.io.write(path, frames)
     if kind == "malformed":
         lines = path.read_text().splitlines()
@@ -98,6 +100,11 @@ def write_bad(tmp_path: Path, kind: str) -> Path:
         ("nan_forces", "frame 2: forces contains NaN"),
         ("missing_label", "frame 2: energy missing"),
         ("malformed", "frame 2"),
+        (
+            "overlap",
+            r"frame 2: atoms 3 \(Si\) and 7 \(Si\) are 0\.050 Å apart, closer than "
+            r"the minimum distance 0\.5 Å \(data\.min_distance\)",
+        ),
     ],
 )
 def test_bad_input_names_file_and_frame(tmp_path, kind, message):
@@ -112,7 +119,8 @@ def test_bad_input_names_file_and_frame(tmp_path, kind, message):
     [
         ("nan_forces", 3, "frame 2: forces contains NaN or inf"),
         ("missing_label", 3, "frame 2: energy missing (looked for 'energy')"),
-        ("malformed", 2, "frame 2: cannot parse"),  # the rest of an extxyz file is unreadable
+        ("malformed", 3, "frame 2: cannot parse"),  # reading goes on after the bad frame
+        ("overlap", 3, "frame 2: atoms 3 (Si) and 7 (Si) are 0.050 Å apart"),
     ],
 )
 def test_bad_frames_can_be_skipped_and_counted(tmp_path, kind, kept, message):
@@ -156,3 +164,9 @@ def test_worker_processes_load_the_same_batches():
     workers = [b.pos for b in module(shuffle=False, batch_size=4, num_workers=1).train_dataloader()]
     assert len(plain) == len(workers)
     assert all(torch.equal(a, b) for a, b in zip(plain, workers, strict=True))
+
+
+def test_the_minimum_distance_is_a_setting(tmp_path):
+    path = write_bad(tmp_path, "overlap")
+    kept = module(train=path, index=":", min_distance=0.01, val_fraction=0.0, test_fraction=0.0)
+    assert len(kept.splits["train"]) == 4

@@ -89,3 +89,35 @@ def test_mlip_eval(model_file, tmp_path, capsys):
         "si_forces.png",
         "si_stress.png",
     ]
+
+
+def test_mlip_eval_counts_only_labelled_frames(model_file, tmp_path, capsys):
+    potential = mlip.load_model(model_file)
+    frames = labelled_frames(potential)
+    bare = rattled_silicon(9)  # no labels: nothing to score
+    bare.info["config_type"] = "bulk"
+    data = tmp_path / "si.extxyz"
+    ase.io.write(data, [*frames[:2], bare, *frames[2:]])
+    report = tmp_path / "errors.json"
+    status = eval_command.main(
+        [str(data), "--model", str(model_file), "--no-plots", "--json", str(report)]
+    )
+    assert status == 0
+    assert f"{data}: 6 frames (1 without labels left out)" in capsys.readouterr().out
+    rows = json.loads(report.read_text())["files"][str(data)]
+    assert (rows["all"]["frames"], rows["bulk"]["frames"], rows["hot"]["frames"]) == (6, 4, 2)
+
+
+def test_mlip_eval_refuses_atoms_on_top_of_each_other(model_file, tmp_path, capsys):
+    potential = mlip.load_model(model_file)
+    frames = labelled_frames(potential)
+    frames[3].positions[6] = frames[3].positions[2]
+    data = tmp_path / "si.extxyz"
+    ase.io.write(data, frames)
+    status = eval_command.main([str(data), "--model", str(model_file), "--no-plots"])
+    err = capsys.readouterr().err.strip()
+    assert status == 1
+    assert err == (
+        f"mlip eval: error: {data}, frame 3: atoms 2 (Si) and 6 (Si) are 0.000 Å apart, "
+        "closer than the minimum distance 0.5 Å"
+    )

@@ -10,6 +10,7 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io.formats import string2index
 
 from mlip.data.readers import DataError, LabelKeys, iter_frames, read_dataset, read_frames
 
@@ -147,6 +148,10 @@ def test_missing_and_empty_files(tmp_path):
     (tmp_path / "blank.xyz").write_text("\n\n")
     with pytest.raises(DataError, match=r"blank\.xyz: contains no frames"):
         read_frames(tmp_path / "blank.xyz")
+    (tmp_path / "spaces.xyz").write_text(" \n\t\n  \n")
+    for index in (":", "0:5", 0):  # whatever the selection
+        with pytest.raises(DataError, match=r"spaces\.xyz: contains no frames \(only blank lines"):
+            read_frames(tmp_path / "spaces.xyz", index)
     with pytest.raises(DataError, match=r"Si_train\.xyz: no frame 500"):
         read_frames(SI_XYZ, 500)
     with pytest.raises(DataError, match=r"no \*\.aselmdb"):
@@ -162,8 +167,55 @@ def test_malformed_extxyz(tmp_path):
     with pytest.raises(DataError, match=r"broken\.xyz, frame 2: cannot parse"):
         read_frames(path)
     path.write_text("four\n" + "\n".join(lines[1:]) + "\n")  # bad atom count in the first header
-    with pytest.raises(DataError, match=r"broken\.xyz: cannot parse"):
+    with pytest.raises(DataError, match=r"broken\.xyz, frame 0: line 1 should be the number of"):
         read_frames(path)
+
+
+def twelve_frames(path: Path, frame: int | None = None, count: str | None = None) -> Path:
+    """12 extxyz frames of 4 atoms (one header, 4 atom lines: 6 lines each) in ``path``, with the
+    atom-count line of ``frame`` replaced by ``count``."""
+    ase.io.write(path, emt_frames(12))
+    lines = path.read_text().splitlines(keepends=True)
+    if frame is not None:
+        lines[6 * frame] = f"{count}\n"
+    path.write_text("".join(lines))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("count", "problem"),
+    [
+        ("5", r"the atom count on line 31 is 5, but only 4 atom lines follow \(line 37 is '4'\)"),
+        ("3", r"the atom count on line 31 is 3, but more atom lines follow \(line 36\)"),
+        ("four", r"line 31 should be the number of atoms, not 'four'"),
+        ("4.0", r"line 31 should be the number of atoms, not '4.0'"),
+    ],
+)
+def test_wrong_atom_count_names_the_frame_and_reading_goes_on(tmp_path, count, problem):
+    path = twelve_frames(tmp_path / "count.xyz", frame=5, count=count)
+    with pytest.raises(DataError, match=rf"count\.xyz, frame 5: {problem}"):
+        read_frames(path)
+    reference = ase.io.read(twelve_frames(tmp_path / "good.xyz"), ":")
+    assert len(read_frames(path, "0:5")) == 5
+    for atoms, ref in zip(read_frames(path, "6:"), reference[6:], strict=True):
+        assert_same_labels(atoms, ref)  # the frames after the bad one, read and numbered right
+    assert_same_labels(read_frames(path, -1)[0], reference[-1])
+    with pytest.raises(DataError, match=r"frame 5: "):
+        read_frames(path, "::-1")
+
+
+def test_extxyz_selections_and_blank_lines_between_frames(tmp_path):
+    path = twelve_frames(tmp_path / "good.xyz")
+    lines = path.read_text().splitlines(keepends=True)
+    reference = ase.io.read(path, ":")
+    path.write_text("".join(lines[:18] + ["\n"] + lines[18:]) + "\n\n")
+    for index in (":", "2:9:3", "-3:", "::-2", "10:", 4, -1):
+        picked = reference[string2index(index) if isinstance(index, str) else index]
+        picked = [picked] if isinstance(index, int) else picked
+        frames = read_frames(path, index)
+        assert len(frames) == len(picked), index
+        for atoms, ref in zip(frames, picked, strict=True):
+            assert_same_labels(atoms, ref)
 
 
 def test_nan_forces_names_frame_and_key(tmp_path):
@@ -200,3 +252,33 @@ def test_wrong_shape_forces(tmp_path):
     match = r"bad\.db, frame 0: my_forces has shape \(3, 3\), expected \(4, 3\)"
     with pytest.raises(DataError, match=match):
         read_frames(path, keys=keys)
+
+
+@pytest.mark.parametrize(
+    ("label", "value", "message"),
+    [
+        (
+            "energy",
+            1e30,
+            r"frame 1: energy 1e\+30 eV is beyond any DFT label \(above 1e\+06 eV/atom",
+        ),
+        ("forces", 3e5, r"frame 1: forces max \|F\| 3e\+05 eV/Å is beyond any DFT label"),
+        ("stress", -5e3, r"frame 1: stress max \|stress\| 5000 eV/Å³ is beyond any DFT label"),
+    ],
+)
+def test_absurd_labels_are_refused_naming_the_frame(tmp_path, label, value, message):
+    frames = emt_frames(3)
+    results = dict(frames[1].calc.results)
+    if label == "energy":
+        results["energy"] = value
+    else:
+        results[label] = np.array(results[label])
+        results[label].flat[2] = value
+    frames[1].calc = SinglePointCalculator(frames[1], **results)
+    path = tmp_path / "absurd.xyz"
+    ase.io.write(path, frames)
+    with pytest.raises(DataError, match=message):
+        read_frames(path)
+    frames[1].calc.results[label] = np.asarray(results[label]) * 1e-4 if label != "energy" else -4e5
+    ase.io.write(path, frames)
+    assert len(read_frames(path)) == 3  # large but possible values are data

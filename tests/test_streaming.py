@@ -57,6 +57,8 @@ def write_bad(path: Path, kinds: dict[int, str], count: int = 8, first: int = 0)
             atoms.calc.results.pop("forces")
         elif kind == "nan_energy":
             atoms.calc.results["energy"] = float("nan")
+        elif kind == "overlap":
+            atoms.positions[5] = atoms.calc.atoms.positions[5] = atoms.positions[0] + [0, 0.2, 0]
         elif kind in ("X", "Ge"):
             atoms.numbers[0] = atoms.calc.atoms.numbers[0] = 0 if kind == "X" else 32
         db.write(atoms, data={"charge": 0, "spin": 1})
@@ -152,20 +154,24 @@ def test_graph_cache_gives_the_same_statistics(tmp_path):
 
 
 def test_bad_frames_raise_naming_file_and_frame_or_are_skipped_and_counted(tmp_path):
-    path = write_bad(tmp_path / "bad.aselmdb", {2: "no_forces", 4: "nan_energy", 6: "X"})
+    path = write_bad(
+        tmp_path / "bad.aselmdb", {2: "no_forces", 3: "overlap", 4: "nan_energy", 6: "X"}
+    )
     plain = {"train": path, "val_fraction": 0.0, "test_fraction": 0.0}
     with pytest.raises(DataError, match=r"bad\.aselmdb, frame 2: forces missing"):
         streaming(**plain)
     dm = streaming(**plain, on_error="skip")
     described = dm.describe()
-    assert described["num_bad_frames"] == 3 and described["num_train_frames"] == 5
+    assert described["num_bad_frames"] == 4 and described["num_train_frames"] == 4
     assert described["bad_frames"] == [
         f"{path}, frame 2: forces missing (looked for 'forces')",
+        f"{path}, frame 3: atoms 0 (C) and 5 (O) are 0.200 Å apart, closer than the minimum "
+        "distance 0.5 Å (data.min_distance)",
         f"{path}, frame 4: energy contains NaN or inf",
         f"{path}, frame 6: unknown element(s) X",
     ]
-    assert frame_ids(dm, "train") == {0, 1, 3, 5, 7}
-    assert sum(b.num_graphs for b in dm.train_dataloader()) == 5
+    assert frame_ids(dm, "train") == {0, 1, 5, 7}
+    assert sum(b.num_graphs for b in dm.train_dataloader()) == 4
 
 
 def test_loaders_check_frames_outside_the_statistics_sample(tmp_path):
@@ -233,14 +239,17 @@ def test_train_from_the_bundled_sample_with_data_lmdb(tmp_path, monkeypatch):
 
 
 def test_training_skips_bad_frames_and_records_them(tmp_path):
-    path = write_bad(tmp_path / "bad.aselmdb", {2: "no_forces", 4: "nan_energy", 6: "X"})
+    path = write_bad(
+        tmp_path / "bad.aselmdb", {2: "no_forces", 3: "overlap", 4: "nan_energy", 6: "X"}
+    )
     overrides = tiny(
         tmp_path / "run", f"data.train={path}", "data.val_fraction=0", "data.test_fraction=0"
     )
     with pytest.raises(DataError, match=r"bad\.aselmdb, frame 2: forces missing"):
         train(compose(overrides))
     result = train(compose([*overrides, "data.on_error=skip", "resume=false"]))
-    assert result.trainer.global_step == 2  # the 5 good frames, batch 4
+    assert result.trainer.global_step == 1  # the 4 good frames, batch 4
     metadata = torch.load(result.model_path, weights_only=True)["metadata"]
-    assert metadata["data"]["num_bad_frames"] == 3
-    assert "frame 6: unknown element(s) X" in metadata["data"]["bad_frames"][2]
+    assert metadata["data"]["num_bad_frames"] == 4
+    assert "frame 3: atoms 0 (C) and 5 (O) are 0.200 Å apart" in metadata["data"]["bad_frames"][1]
+    assert "frame 6: unknown element(s) X" in metadata["data"]["bad_frames"][3]

@@ -211,6 +211,15 @@ def test_repeated_nonfinite_losses_stop_and_keep_the_last_checkpoint(tmp_path, m
         train(compose(tiny(tmp_path / "fresh", "module.max_nonfinite=3")))
 
 
+def test_an_epoch_that_trained_nothing_stops_the_run(tmp_path, monkeypatch):
+    """Every step of the epoch non-finite but fewer than max_nonfinite: the run still fails."""
+    monkeypatch.setattr(WeightedLoss, "combine", nan_at(set(range(100))))
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match="epoch 0: all 4 training steps had a non-finite"):
+        train(compose(tiny(run, "module.max_nonfinite=10")))
+    assert not (run / "model.pt").exists()
+
+
 # -- the command line -------------------------------------------------------------------------------
 
 
@@ -223,11 +232,21 @@ def test_cli_cfg_job_and_help(capsys):
     assert "Configuration groups" in out and "model: facet, facet_small" in out
 
 
-def test_cli_bad_data_stops_before_training(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        ("nan_forces", "frame 3: forces contains NaN"),
+        ("overlap", "frame 3: atoms 0 (Si) and 4 (Si) are 0.000 Å apart, closer than the minimum"),
+    ],
+)
+def test_cli_bad_data_stops_before_training(tmp_path, capsys, spoil, message):
     frames = ase.io.read(SI, "57:61")
-    forces = frames[3].get_forces()
-    forces[0, 2] = float("nan")
-    frames[3].calc.results["forces"] = forces
+    if spoil == "nan_forces":
+        forces = frames[3].get_forces()
+        forces[0, 2] = float("nan")
+        frames[3].calc.results["forces"] = forces
+    else:  # two atoms on top of each other
+        frames[3].positions[4] = frames[3].positions[0]
     bad = tmp_path / "bad.xyz"
     ase.io.write(bad, frames)
     run = tmp_path / "run"
@@ -236,7 +255,8 @@ def test_cli_bad_data_stops_before_training(tmp_path, capsys):
     assert mlip.cli.main(["train", *overrides]) == 2
     assert os.getcwd() == cwd
     err = capsys.readouterr().err
-    assert f"{bad}, frame 3: forces contains NaN" in err
+    assert f"{bad}, {message}" in err
+    assert len(err.strip().splitlines()) == 1
     assert not (run / "checkpoints").exists()
 
 

@@ -16,8 +16,9 @@ from tests.test_train import tiny
 STEPS_PER_EPOCH = 8  # 16 training frames, batch 2
 
 
-def run_command(run: Path, epochs: int = 3) -> list[str]:
-    overrides = tiny(
+def train_overrides(run: Path, epochs: int = 3) -> list[str]:
+    """``mlip train`` overrides for ``epochs`` epochs of STEPS_PER_EPOCH steps, progress bar on."""
+    return tiny(
         run,
         "data.index=57:81",  # 24 frames: 16 train / 4 val / 4 test
         "data.val_fraction=0.17",
@@ -26,7 +27,10 @@ def run_command(run: Path, epochs: int = 3) -> list[str]:
         f"trainer.max_epochs={epochs}",
         "trainer.enable_progress_bar=true",
     )
-    return [sys.executable, "-m", "mlip.cli", "train", *overrides]
+
+
+def run_command(run: Path, epochs: int = 3) -> list[str]:
+    return [sys.executable, "-m", "mlip.cli", "train", *train_overrides(run, epochs)]
 
 
 def wait_for(pattern: str, log: Path, process: subprocess.Popen, timeout: float = 240.0) -> None:

@@ -130,10 +130,10 @@ def _check(args: argparse.Namespace) -> int:
     hidden = stats.num_bad - len(stats.bad) + stats.num_outliers - len(stats.outliers)
     if hidden:
         print(f"... and {hidden} more not listed")
-    print(
-        f"{stats.num_frames + stats.num_bad} frames: {stats.num_bad} bad, "
-        f"{stats.num_outliers} outliers"
-    )
+    total = f"{stats.num_frames + stats.num_bad} frames: {stats.num_bad} bad"
+    if stats.num_unreadable:
+        total += f" ({_unreadable(stats.num_unreadable)})"
+    print(f"{total}, {stats.num_outliers} outliers")
     return 1 if stats.num_bad or stats.num_outliers else 0
 
 
@@ -212,7 +212,10 @@ def _summary(args: argparse.Namespace, stats) -> str:
     n = stats.num_frames
     lines = [f"files: {' '.join(map(str, args.files))}"]
     sampled = f", a sample of at most {args.max_frames} per file" if args.max_frames else ""
-    lines.append(f"frames: {n}{sampled}, atoms: {stats.num_atoms}, bad frames: {stats.num_bad}")
+    bad = f"{stats.num_bad}"
+    if stats.num_unreadable:
+        bad += f" ({_unreadable(stats.num_unreadable)})"
+    lines.append(f"frames: {n}{sampled}, atoms: {stats.num_atoms}, bad frames: {bad}")
     elements = sorted(stats.element_counts.items())
     lines.append("elements: " + (", ".join(f"{symbol(z)} {c}" for z, c in elements) or "-"))
     labels = ("energy", "forces", "stress")
@@ -241,6 +244,12 @@ def _summary(args: argparse.Namespace, stats) -> str:
     if stats.num_outliers + stats.num_bad > 2 * SHOWN:
         lines.append("  (`mlip data check` lists them all)")
     return "\n".join(lines)
+
+
+def _unreadable(files: int) -> str:
+    """What the frame counts leave out when ``files`` files could not be read to their end."""
+    which = "1 file" if files == 1 else f"{files} files"
+    return f"{which} unreadable past a bad frame, whose later frames are not counted"
 
 
 def _report_bad(count: int, messages: list[str]) -> None:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from mlip.commands import add_model_options, report_errors
+from mlip.commands import add_model_options, report_errors, writable_dir, writable_file
 
 PROG = "mlip eval"
 
@@ -28,6 +28,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the errors to this JSON file")
     p.add_argument("--index", default=":", help="frames to use from each file, e.g. '::10' (:)")
     p.add_argument("--batch-size", type=int, default=16, help="structures per batch (16)")
+    p.add_argument(
+        "--min-distance",
+        type=float,
+        default=0.5,
+        help="a frame with two atoms closer than this (Å) is an error (0.5)",
+    )
     p.add_argument("--energy-key", default="energy", help="name of the energy label (energy)")
     p.add_argument("--forces-key", default="forces", help="name of the forces label (forces)")
     p.add_argument("--stress-key", default="stress", help="name of the stress label (stress)")
@@ -42,16 +48,28 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
+    from mlip.data.graph import GeometryError
     from mlip.data.readers import LabelKeys, read_frames
     from mlip.export import load_model
     from mlip.models import default_model_path
-    from mlip.sim.evaluate import check_elements, errors, format_table, parity_plots, predict
+    from mlip.sim.evaluate import (
+        check_elements,
+        errors,
+        format_table,
+        is_labelled,
+        parity_plots,
+        predict,
+    )
 
     if args.batch_size < 1:
         print(f"{PROG}: error: --batch-size must be >= 1", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.json:
+        writable_file(args.json, "--json")
+    if not args.no_plots:
+        writable_dir(args.plots, "--plots")
     model_path = Path(args.model) if args.model else default_model_path()
     potential = load_model(model_path, device=args.device, dtype=args.dtype)
     potential.requires_grad_(False)
@@ -77,13 +95,20 @@ def _run(args: argparse.Namespace) -> int:
     print(f"model {model_path} ({', '.join(potential.elements)}, cutoff {potential.cutoff} Å)")
     report = {"model": str(model_path), "units": _units(), "files": {}}
     for name, frames in datasets.items():
-        pred = predict(potential, frames, batch_size=args.batch_size)
+        try:
+            pred = predict(potential, frames, args.batch_size, args.min_distance)
+        except GeometryError as err:
+            where = name if args.index == ":" else f"{name} (frames {args.index})"
+            raise type(err)(f"{where}, {err}") from err
         rows = {"all": errors(pred)}
         groups = pred.groups
         if groups != ["-"]:
             rows.update({f"  {group}": errors(pred.select(group)) for group in groups})
-        atoms_count = sum(len(a) for a in frames)
-        print(f"\n{name}: {len(frames)} frames, {atoms_count} atoms")
+        labelled = [a for a in frames if is_labelled(a)]
+        unlabelled = len(frames) - len(labelled)
+        left_out = f" ({unlabelled} without labels left out)" if unlabelled else ""
+        atoms_count = sum(len(a) for a in labelled)
+        print(f"\n{name}: {len(labelled)} frames{left_out}, {atoms_count} atoms")
         print(format_table(rows))
         report["files"][name] = {label.strip(): row for label, row in rows.items()}
         if not args.no_plots:
@@ -91,7 +116,6 @@ def _run(args: argparse.Namespace) -> int:
             written = parity_plots(pred, prefix, title=Path(name).name)
             print("parity plots: " + ", ".join(str(p) for p in written))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         print(f"\nerrors written to {args.json}")
     return 0

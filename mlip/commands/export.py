@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mlip.commands import OutputError, writable_file
 from mlip.export import save_model
 from mlip.train.checkpoint import load_checkpoint, potential_from_checkpoint
 
@@ -28,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw", action="store_true", help="export the raw weights, not the EMA")
     args = parser.parse_args(argv)
 
+    try:
+        output = writable_file(args.output or args.run_dir / "model.pt", "--output")
+    except OutputError as err:
+        print(f"mlip export: error: {err}", file=sys.stderr)
+        return 2
     ckpt_dir = args.run_dir / "checkpoints"
     if args.checkpoint in ("best", "last"):
         candidates = [ckpt_dir / f"{args.checkpoint}.ckpt", ckpt_dir / "last.ckpt"]
@@ -54,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             "weights": "raw" if args.raw else "ema",
         }
     )
-    output = save_model(potential, args.output or args.run_dir / "model.pt", metadata=metadata)
+    output = save_model(potential, output, metadata=metadata)
     print(f"mlip export: wrote {output} from {path} (epoch {checkpoint.get('epoch')})")
     return 0
 

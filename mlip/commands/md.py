@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mlip.commands import add_model_options, report_errors
+from mlip.commands import add_model_options, report_errors, writable_file
 
 PROG = "mlip md"
 
@@ -105,8 +105,8 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     trajectory = Path(args.output or f"{path.stem}_md.extxyz")
     log = Path(args.log or f"{path.stem}_md.log")
-    for file in (trajectory, log):
-        file.parent.mkdir(parents=True, exist_ok=True)
+    writable_file(trajectory, "-o/--output")
+    writable_file(log, "--log")
     calc = MLIPCalculator(
         args.model,
         device=args.device,

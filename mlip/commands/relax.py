@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mlip.commands import add_model_options, report_errors
+from mlip.commands import add_model_options, report_errors, writable_file
 
 PROG = "mlip relax"
 
@@ -78,6 +78,11 @@ def _run(args: argparse.Namespace) -> int:
             if not (atoms.pbc.all() and atoms.cell.rank == 3):
                 print(f"{PROG}: error: {path}: --cell needs a periodic structure", file=sys.stderr)
                 return 2
+    several = len(paths) > 1
+    for path in paths:  # every output is checked before any work, too
+        writable_file(_output_path(path, args.output, several)[0], "-o/--output")
+        if args.traj:
+            writable_file(_traj_path(path, args.traj, several), "--traj")
     calc = MLIPCalculator(
         args.model, device=args.device, dtype=args.dtype, min_distance=args.min_distance
     )
@@ -87,7 +92,6 @@ def _run(args: argparse.Namespace) -> int:
         except INPUT_ERRORS as err:
             print(f"{PROG}: error: {path}: {one_line(err)}", file=sys.stderr)
             return 1
-    several = len(paths) > 1
     failures = [
         path
         for path, atoms in zip(paths, structures, strict=True)
@@ -100,14 +104,11 @@ def _relax_one(path: Path, atoms, calc, args: argparse.Namespace, several: bool)
     """Relax one structure, write it and report; False if it failed or did not converge."""
     import ase.io
 
-    from mlip.sim.io import INPUT_ERRORS, one_line, structure_format
+    from mlip.sim.io import INPUT_ERRORS, one_line
     from mlip.sim.relax import relax
 
-    output, out_fmt = _output_path(path, args.output, several, structure_format(path))
-    traj = None
-    if args.traj:
-        traj = Path(args.traj) / f"{path.stem}_relax.extxyz" if several else Path(args.traj)
-        traj.parent.mkdir(parents=True, exist_ok=True)
+    output, out_fmt = _output_path(path, args.output, several)
+    traj = _traj_path(path, args.traj, several) if args.traj else None
     relax_cell = args.relax_cell
     if relax_cell is None:
         relax_cell = bool(atoms.pbc.all()) and atoms.cell.rank == 3
@@ -137,7 +138,6 @@ def _relax_one(path: Path, atoms, calc, args: argparse.Namespace, several: bool)
     except INPUT_ERRORS as err:
         print(f"{PROG}: error: {path}: {one_line(err)}", file=sys.stderr)
         return False
-    output.parent.mkdir(parents=True, exist_ok=True)
     try:
         ase.io.write(output, result.atoms, format=out_fmt)
     except Exception as err:  # ASE raises several types for names or formats it cannot write
@@ -171,11 +171,17 @@ def _print_step(step) -> None:
     print(line, flush=True)
 
 
-def _output_path(
-    path: Path, output: str | None, several: bool, fmt: str | None
-) -> tuple[Path, str | None]:
+def _traj_path(path: Path, traj: str, several: bool) -> Path:
+    """Where the trajectory of relaxing ``path`` goes (see ``--traj``)."""
+    return Path(traj) / f"{path.stem}_relax.extxyz" if several else Path(traj)
+
+
+def _output_path(path: Path, output: str | None, several: bool) -> tuple[Path, str | None]:
     """Where the relaxed structure of ``path`` goes (see ``--output``), and its format (None: ASE
     guesses from the name)."""
+    from mlip.sim.io import structure_format
+
+    fmt = structure_format(path)
     if output and not several:
         return Path(output), None
     if path.suffix:

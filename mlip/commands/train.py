@@ -7,16 +7,32 @@ such as ``logger=wandb``, and Hydra's own flags (``--help``, ``--cfg job``, ``--
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
-import hydra
-from omegaconf import DictConfig
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
-from mlip.data.readers import DataError
-from mlip.train import CONF_DIR
+INTERRUPTED = (
+    "interrupted; rerun the same command to continue from checkpoints/last.ckpt, if there is one"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run Hydra on ``argv`` (the arguments after ``mlip train``); returns the exit status."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as err:  # Ctrl+C at any point, in fit or test a TrainingInterrupted
+        print(f"mlip train: {str(err) or INTERRUPTED}", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports it
+
+
+def _main(argv: list[str] | None) -> int:
+    # imported here, so that Ctrl+C while they load is the one line of main
+    import hydra
+
+    from mlip.data.readers import DataError
+    from mlip.train import CONF_DIR
+
     argv = list(sys.argv[1:] if argv is None else argv)
     program = sys.argv[0]
     # Lightning's DDP launcher starts the other processes by rerunning sys.argv (plus Hydra's run
@@ -33,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         from mlip.sim.io import one_line
         from mlip.train.checkpoint import CheckpointError
         from mlip.train.module import NonFiniteLossError
-        from mlip.train.rundir import RunDirectoryInUse
+        from mlip.train.rundir import RunDirectoryError
         from mlip.train.runner import ConfigError, TrainingTerminated, train
 
         sys.argv = [program, *command]
@@ -42,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         except (
             DataError,
             FileNotFoundError,
-            RunDirectoryInUse,
+            RunDirectoryError,
             CheckpointError,
             ConfigError,
             MisconfigurationException,  # e.g. resuming past max_epochs
@@ -55,13 +71,6 @@ def main(argv: list[str] | None = None) -> int:
         except TrainingTerminated as err:
             print(f"mlip train: {err}", file=sys.stderr)
             raise SystemExit(143) from None  # 128 + SIGTERM, as a shell reports it
-        except KeyboardInterrupt:  # before or after fitting (Lightning handles it during)
-            print(
-                "mlip train: interrupted; rerun the same command to continue from "
-                "checkpoints/last.ckpt, if there is one",
-                file=sys.stderr,
-            )
-            raise SystemExit(130) from None
 
     sys.argv = [program, *argv]
     try:

@@ -22,7 +22,7 @@ from ase.data import chemical_symbols
 from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import Batch, Data
 
-from mlip.data.graph import atoms_to_graph
+from mlip.data.graph import MIN_DISTANCE, AtomsTooCloseError, atoms_to_graph
 from mlip.data.readers import DataError, LabelKeys
 from mlip.data.stats import DatasetStatistics, compute_statistics, is_isolated_atom
 from mlip.data.tools import BadFrames, OnError, iter_atoms
@@ -125,8 +125,9 @@ class AtomsDataModule(SplitDataModule):
         shuffle: shuffle the training set every epoch.
         num_workers: data-loading worker processes.
         dtype: ``"float32"`` or ``"float64"``, the dtype of positions and labels.
+        min_distance: a frame with two atoms closer than this (Å) is bad (0: no check).
         on_error: ``"raise"``: a bad frame (unreadable, a required label missing, NaN or inf, no
-            atoms, no graph, an element of the validation/test set the training set lacks) stops
+            atoms, no graph, two atoms closer than ``min_distance``, an element of the validation/test set the training set lacks) stops
             :meth:`setup` with a :class:`DataError` naming file and frame; ``"skip"``: it is left
             out and counted (``describe()["num_bad_frames"]``, the first few named in the log
             and in ``describe()["bad_frames"]``). A file that stops parsing skips its remaining
@@ -151,6 +152,7 @@ class AtomsDataModule(SplitDataModule):
         shuffle: bool = True,
         num_workers: int = 0,
         dtype: str = "float32",
+        min_distance: float = MIN_DISTANCE,
         on_error: OnError = "raise",
     ) -> None:
         super().__init__()
@@ -177,6 +179,7 @@ class AtomsDataModule(SplitDataModule):
         self.shuffle = bool(shuffle)
         self.num_workers = int(num_workers)
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        self.min_distance = float(min_distance)
         self.on_error = on_error
         self.bad = BadFrames(keep=SHOWN)
         self.splits: dict[str, Split] = {}
@@ -264,7 +267,10 @@ class AtomsDataModule(SplitDataModule):
         split = Split([], [], [])
         for atoms, source in zip(frames, sources, strict=True):
             try:
-                graph = atoms_to_graph(atoms, self.cutoff, dtype=self.dtype, labels=True)
+                graph = atoms_to_graph(atoms, self.cutoff, self.dtype, True, self.min_distance)
+            except AtomsTooCloseError as err:
+                self.bad.add(DataError(f"{source}: {err} (data.min_distance)"), self.on_error)
+                continue
             except (ValueError, RuntimeError) as err:
                 error = DataError(f"{source}: cannot build its graph: {err}")
                 self.bad.add(error, self.on_error)
@@ -291,6 +297,7 @@ class AtomsDataModule(SplitDataModule):
             "val_fraction": self.val_fraction if not self.val_paths else None,
             "test_fraction": self.test_fraction if not self.test_paths else None,
             "cutoff": self.cutoff,
+            "min_distance": self.min_distance,
             "num_isolated_atoms": len(self.isolated),
             "on_error": self.on_error,
             "num_bad_frames": self.bad.count,

@@ -18,6 +18,7 @@ from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from io import StringIO
 from itertools import accumulate, count
 from pathlib import Path
 from typing import Any
@@ -28,16 +29,23 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.db.core import Database
-from ase.io.formats import string2index
+from ase.io.extxyz import read_xyz
+from ase.io.formats import filetype, string2index
 from ase.stress import full_3x3_to_voigt_6_stress
 from ase_db_backends.aselmdb import LMDBDatabase
 
+from mlip.data.extxyz import MalformedFrame, frame_texts
 from mlip.data.mptrj import is_mptrj, iter_mptrj
 
 LABELS = ("energy", "forces", "stress", "charge", "spin")
 """Canonical label names, the values ``required`` may contain."""
 
 _CALCULATOR_LABELS = ("energy", "forces", "stress")
+
+PLAUSIBLE = {"energy": 1e6, "forces": 1e5, "stress": 1e3}
+"""Largest label magnitudes a frame may have: |energy| per atom (eV; all-electron total energies
+of the heaviest elements are below 8e5 eV/atom), max |force| (eV/Å) and max |stress component|
+(eV/Å³, 160,000 GPa). Larger values are read as errors, not data."""
 
 Index = int | slice | str
 """A frame selection as ``ase.io.read`` takes it: ``3``, ``-1``, ``":"``, ``"10:20:2"``, a slice."""
@@ -61,6 +69,10 @@ class LabelKeys:
 
 class DataError(ValueError):
     """A file that cannot be read, or a frame whose labels are missing or malformed."""
+
+
+class UnreadableRest(DataError):
+    """A file that cannot be parsed past one of its frames: that frame and the rest were not read."""
 
 
 def iter_frames(
@@ -87,11 +99,8 @@ def iter_frames(
         files = sorted(path.glob("*.aselmdb"))
         if not files:
             raise DataError(f"{path}: directory holds no *.aselmdb files")
-    elif not path.exists():
-        raise DataError(f"{path}: no such file or directory")
-    elif path.stat().st_size == 0:
-        raise DataError(f"{path}: file is empty")
     else:
+        check_file(path)
         files = [path]
     keys = keys or LabelKeys()
     if path.is_dir() or path.suffix in (".db", ".aselmdb"):
@@ -126,8 +135,27 @@ def read_dataset(
     return [atoms for path in paths for atoms in iter_frames(path, index, keys, required)]
 
 
+def check_file(path: Path) -> None:
+    """Raise :class:`DataError` if ``path`` is missing, empty, or (unless a database) only
+    whitespace."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+    if path.suffix not in (".db", ".aselmdb") and _blank(path):
+        raise DataError(f"{path}: contains no frames (only blank lines)")
+
+
+def _blank(path: Path) -> bool:
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            if block.strip():
+                return False
+    return True
+
+
 def _labelled_frames(
-    frames: Iterator[tuple[Path, int, Atoms]],
+    frames: Iterator[tuple[Path, int, Atoms | DataError]],
     path: Path,
     index: int | slice,
     keys: LabelKeys,
@@ -138,6 +166,8 @@ def _labelled_frames(
     empty = True
     for file, frame, atoms in frames:
         empty = False
+        if isinstance(atoms, DataError):
+            raise atoms
         yield _labelled(atoms, f"{file}, frame {frame}", keys, required)
     if empty and isinstance(index, int):
         raise DataError(f"{path}: no frame {index}")
@@ -145,12 +175,21 @@ def _labelled_frames(
         raise DataError(f"{path}: contains no frames")
 
 
-def _file_frames(path: Path, index: slice) -> Iterator[tuple[Path, int, Atoms]]:
-    """Frames of a file ``ase.io`` reads, with their positions in the file.
+def _file_frames(path: Path, index: slice) -> Iterator[tuple[Path, int, Atoms | DataError]]:
+    """Frames of a file ``ase.io`` reads, as ``(path, position in the file, atoms)``.
 
-    A parse error on the first frame read names no frame: extxyz scans every frame header before
-    the first frame is returned, so the failing frame is not known.
+    A bad frame comes as a :class:`DataError` in place of its atoms. An extxyz file is split into
+    frames here (:func:`_xyz_frames`), so that reading goes on past a bad one; in other formats a
+    parse error ends the file with an :class:`UnreadableRest` (one that names no frame when it
+    comes before the first frame is returned: the whole file is unreadable).
     """
+    try:
+        extxyz = filetype(str(path)) == "extxyz"
+    except Exception:  # ase.io.iread below says what it makes of the file
+        extxyz = False
+    if extxyz:
+        yield from _xyz_frames(path, index)
+        return
     numbers = _frame_numbers(path, index)
     frames = ase.io.iread(path, index, do_not_split_by_at_sign=True)
     for k in count():
@@ -159,9 +198,50 @@ def _file_frames(path: Path, index: slice) -> Iterator[tuple[Path, int, Atoms]]:
         except StopIteration:
             return
         except Exception as err:
-            where = f"{path}, frame {numbers[k]}" if k else str(path)
-            raise DataError(f"{where}: cannot parse: {err}") from err
+            if not k:  # the first frame read: the failing one is not known
+                yield path, -1, UnreadableRest(f"{path}: cannot parse: {_one_line(err)}")
+                return
+            message = f"{path}, frame {numbers[k]}: cannot parse: {_one_line(err)}"
+            yield path, numbers[k], UnreadableRest(f"{message} (frames {numbers[k]}.. not read)")
+            return
         yield path, numbers[k], atoms
+
+
+def _xyz_frames(path: Path, index: slice) -> Iterator[tuple[Path, int, Atoms | DataError]]:
+    """The frames ``index`` selects from an extxyz file, as :func:`_file_frames` gives them.
+
+    :func:`mlip.data.extxyz.frame_texts` splits the file at its atom-count lines; each frame is
+    then parsed alone by ASE, so that a frame that does not parse is one bad frame.
+    """
+    start, stop, step = index.start, index.stop, index.step
+    if all(v is None or v >= 0 for v in (start, stop, step)):
+        wanted = range(start or 0, sys.maxsize if stop is None else stop, step or 1)
+        texts: Iterator[tuple[int, str | MalformedFrame]] = frame_texts(path)
+    else:  # negative parts: count the frames first; the selection may run backwards
+        wanted = range(sum(1 for _ in frame_texts(path)))[index]
+        kept = dict(item for item in frame_texts(path) if item[0] in wanted)
+        texts = ((frame, kept[frame]) for frame in wanted)
+    for frame, text in texts:
+        if wanted.step > 0 and frame >= wanted.stop:
+            return
+        if frame not in wanted:
+            continue
+        if isinstance(text, MalformedFrame):
+            error = UnreadableRest if text.ends_file else DataError
+            yield path, frame, error(f"{path}, frame {frame}: {text}")
+            continue
+        try:
+            atoms = next(read_xyz(StringIO(text), 0))
+        except Exception as err:
+            yield path, frame, DataError(f"{path}, frame {frame}: cannot parse: {_one_line(err)}")
+            continue
+        yield path, frame, atoms
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    lines = str(err).strip().splitlines()
+    text = " ".join(lines[0].split()) if lines else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _frame_numbers(path: Path, index: slice) -> range:
@@ -252,6 +332,7 @@ def _labelled(atoms: Atoms, where: str, keys: LabelKeys, required: tuple[str, ..
             if name == "stress":
                 sought = f"{keys.stress!r} or {keys.virial!r}"
             raise DataError(f"{where}: {name} missing (looked for {sought})")
+    _check_plausible(found, len(atoms), where)
 
     for key in (keys.energy, keys.stress, keys.virial, keys.charge, keys.spin):
         atoms.info.pop(key, None)
@@ -260,6 +341,26 @@ def _labelled(atoms: Atoms, where: str, keys: LabelKeys, required: tuple[str, ..
     results = {name: found[name] for name in _CALCULATOR_LABELS if name in found}
     atoms.calc = SinglePointCalculator(atoms, **results) if results else None
     return atoms
+
+
+def _check_plausible(found: dict[str, Any], num_atoms: int, where: str) -> None:
+    """Refuse labels no calculation gives (:data:`PLAUSIBLE`): a unit or parsing error, which
+    would otherwise set the E0s and force scale of a run (one 1e30 eV frame gives E0s of 1e27)."""
+    sizes = {}
+    if "energy" in found and num_atoms:
+        sizes["energy"] = (abs(found["energy"]) / num_atoms, "eV/atom", f"{found['energy']:.4g} eV")
+    if "forces" in found and num_atoms:
+        largest = float(np.linalg.norm(found["forces"], axis=1).max())
+        sizes["forces"] = (largest, "eV/Å", f"max |F| {largest:.4g} eV/Å")
+    if "stress" in found:
+        largest = float(np.abs(found["stress"]).max())
+        sizes["stress"] = (largest, "eV/Å³", f"max |stress| {largest:.4g} eV/Å³")
+    for name, (size, unit, shown) in sizes.items():
+        if size > PLAUSIBLE[name]:
+            raise DataError(
+                f"{where}: {name} {shown} is beyond any DFT label (above {PLAUSIBLE[name]:g} "
+                f"{unit}): check its units and the file"
+            )
 
 
 def _find(atoms: Atoms, key: str) -> Any:

@@ -8,10 +8,10 @@ so memory stays flat as the data grows; splits are seeded permutations of indice
 reading a frame. Statistics (E0s, mean neighbour count, force RMS) come from one streaming pass
 over the training frames, or over a seeded sample of them (``stats_max_frames``).
 
-Bad frames (unreadable, a required label missing, NaN or inf, no atoms, an element outside the
-species) are found by reading them: before training for every frame the statistics pass reads
-(with ``stats_max_frames=None`` that pass also checks the validation and test frames, so nothing is
-read unchecked), else when a loader reads them. ``on_error="raise"`` stops with a
+Bad frames (unreadable, a required label missing, NaN or inf, no atoms, two atoms closer than
+``min_distance``, an element outside the species) are found by reading them: before training for
+every frame the statistics pass reads (with ``stats_max_frames=None`` that pass also checks the
+validation and test frames, so nothing is read unchecked), else when a loader reads them. ``on_error="raise"`` stops with a
 :class:`~mlip.data.readers.DataError` naming file and frame; ``"skip"`` leaves the frame out and
 counts it: found before training, it is dropped from its split; found by a loader, it is dropped
 from its batch. :meth:`LMDBDataModule.describe` gives the count and names the first few.
@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 from torch_geometric.data import Batch, Data
 
 from mlip.data.datamodule import SplitDataModule
+from mlip.data.graph import MIN_DISTANCE, edge_lengths, too_close
 from mlip.data.lmdb import GraphLMDBDataset, LMDBDataset
 from mlip.data.readers import DataError, LabelKeys, read_dataset
 from mlip.data.stats import DatasetStatistics, isolated_atom_energies
@@ -78,14 +79,21 @@ def check_graph(
     allowed: np.ndarray,
     required: Sequence[str] = (),
     species: Sequence[int] | None = None,
+    min_distance: float = 0.0,
 ) -> str | None:
     """What makes ``graph`` unfit for training, or None: no atoms, non-finite positions, cell or
-    labels, a ``required`` label (energy, forces, stress) missing, or an atomic number outside
-    ``allowed`` (a mask over 0..118; ``species`` names the allowed ones in the message)."""
+    labels, two atoms closer than ``min_distance`` Å, a ``required`` label (energy, forces,
+    stress) missing, or an atomic number outside ``allowed`` (a mask over 0..118; ``species``
+    names the allowed ones in the message)."""
     if graph.num_nodes == 0:
         return "frame has no atoms"
     if not (torch.isfinite(graph.pos).all() and torch.isfinite(graph.cell).all()):
         return "positions or cell contain NaN or inf"
+    if min_distance > 0:
+        j, i = graph.edge_index.numpy()
+        error = too_close(graph.z.numpy(), i, j, edge_lengths(graph), min_distance)
+        if error is not None:
+            return f"{error} (data.min_distance)"
     for name in ("energy", "forces", "stress"):
         present = bool(graph[f"has_{name}"])
         if name in required and not present:
@@ -128,6 +136,7 @@ class LMDBDataModule(SplitDataModule):
             frames, and the others are checked as loaders read them.
         stats_seed: seed of that sample.
         on_error: ``"raise"`` or ``"skip"`` a bad frame (see the module docstring).
+        min_distance: a frame with two atoms closer than this (Å) is bad (0: no check).
         batch_size: structures per training batch (per process in data-parallel runs).
         eval_batch_size: structures per validation/test batch (default ``2 * batch_size``).
         shuffle: shuffle the training set every epoch.
@@ -157,6 +166,7 @@ class LMDBDataModule(SplitDataModule):
         shuffle: bool = True,
         num_workers: int = 0,
         dtype: str = "float32",
+        min_distance: float = MIN_DISTANCE,
         progress: bool = True,
     ) -> None:
         super().__init__()
@@ -190,6 +200,7 @@ class LMDBDataModule(SplitDataModule):
         self.shuffle = bool(shuffle)
         self.num_workers = int(num_workers)
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        self.min_distance = float(min_distance)
         self.progress = bool(progress)
         self.splits: dict[str, FrameIndex] = {}
         self.bad = BadFrames(keep=SHOWN)  # found before training
@@ -266,7 +277,7 @@ class LMDBDataModule(SplitDataModule):
     def _index(
         self, source: Dataset, indices: np.ndarray, species: Sequence[int] | None
     ) -> FrameIndex:
-        return FrameIndex(source, indices, species, self.required, self.on_error)
+        return FrameIndex(source, indices, species, self.required, self.on_error, self.min_distance)
 
     def _isolated_energies(self) -> dict[int, float]:
         if not self.paths["isolated_atoms"]:
@@ -340,6 +351,7 @@ class LMDBDataModule(SplitDataModule):
             "val_fraction": self.val_fraction if held["val"] else None,
             "test_fraction": self.test_fraction if held["test"] else None,
             "cutoff": self.cutoff,
+            "min_distance": self.min_distance,
             "statistics_frames": self.stats.num_frames,
             "stats_max_frames": self.stats_max_frames,
             "stats_seed": self.stats_seed,
@@ -370,6 +382,7 @@ class FrameIndex(Dataset):
         species: Sequence[int] | None,
         required: Sequence[str],
         on_error: OnError,
+        min_distance: float = 0.0,
     ) -> None:
         self.source = source
         # int32 where it will do: at 10^8 frames the index is 400 MB, not 800 MB, per process
@@ -377,6 +390,7 @@ class FrameIndex(Dataset):
         self.species = species
         self.required = tuple(required)
         self.on_error = on_error
+        self.min_distance = float(min_distance)
 
     @property
     def species(self) -> list[int] | None:
@@ -403,7 +417,7 @@ class FrameIndex(Dataset):
         """The checked graph of the ``i``-th frame of the split; a bad one raises DataError."""
         index = int(self.indices[i])
         graph = self.source[index]
-        problem = check_graph(graph, self._allowed, self.required, self._species)
+        problem = check_graph(graph, self._allowed, self.required, self._species, self.min_distance)
         if problem:
             raise DataError(f"{self.source.describe(index)}: {problem}")
         return graph
@@ -414,7 +428,9 @@ class FrameIndex(Dataset):
 
     def raising(self) -> FrameIndex:
         """This split with ``on_error="raise"`` (for passes that apply the policy themselves)."""
-        return FrameIndex(self.source, self.indices, self.species, self.required, "raise")
+        return FrameIndex(
+            self.source, self.indices, self.species, self.required, "raise", self.min_distance
+        )
 
 
 class _SeenBad:

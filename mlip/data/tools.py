@@ -34,9 +34,11 @@ from mlip.data.readers import (
     DataError,
     Index,
     LabelKeys,
+    UnreadableRest,
     _database_frames,
     _file_frames,
     _labelled,
+    check_file,
 )
 
 OnError = Literal["raise", "skip"]
@@ -54,6 +56,8 @@ class BadFrames:
     keep: int = 10_000
     indices: list[int] = field(default_factory=list)
     """Dataset indices of all bad frames, where the pass knew them (:func:`dataset_graphs`)."""
+    unreadable: int = 0
+    """How many of the errors are an :class:`UnreadableRest`: a file not read past that point."""
 
     def add(self, error: Exception, on_error: OnError, index: int | None = None) -> None:
         """Raise ``error`` (``on_error="raise"``) or count it (with the frame's ``index``)."""
@@ -62,6 +66,7 @@ class BadFrames:
         if on_error != "skip":
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.count += 1
+        self.unreadable += isinstance(error, UnreadableRest)
         if len(self.messages) < self.keep:
             self.messages.append(str(error))
         if index is not None:
@@ -96,6 +101,9 @@ class DatasetStats:
     outliers: list[str] = field(default_factory=list)
     num_bad: int = 0
     bad: list[str] = field(default_factory=list)
+    num_unreadable: int = 0
+    """Files not read to their end (each counted once in ``num_bad``; frames after the error
+    are not counted at all)."""
 
     def e0_for(self, species: Sequence[int]) -> list[float]:
         """``e0`` in the order of ``species`` (0.0 for an element the data never had)."""
@@ -238,6 +246,7 @@ class StreamingStats:
             stats.mean_num_neighbours = self.num_edges / stats.num_atoms
         if bad is not None:
             stats.num_bad, stats.bad = bad.count, list(bad.messages)
+            stats.num_unreadable = bad.unreadable
         return stats
 
 
@@ -331,8 +340,9 @@ def iter_atoms(
 ) -> Iterator[tuple[str, Atoms | DataError]]:
     """``(where, labelled atoms)`` for every frame ``index`` selects from ``path`` (as
     ``ase.io.read`` takes it, ``":"`` for all), or ``(where, DataError)`` for a bad one, so that a
-    pass can go on past it; a file that cannot be parsed any further ends with one error for the
-    rest of the file."""
+    pass can go on past it; a file that cannot be parsed any further ends with one
+    :class:`~mlip.data.readers.UnreadableRest` for the rest of the file. A file with no frames at
+    all (selecting all of it) raises :class:`DataError`."""
     unknown = sorted(set(required) - set(LABELS))
     if unknown:
         raise ValueError(f"required labels must be among {LABELS}, got {unknown}")
@@ -350,10 +360,7 @@ def iter_atoms(
                 except DataError as err:
                     yield dataset.describe(position), err
         return
-    if not path.exists():
-        raise DataError(f"{path}: no such file or directory")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: file is empty")
+    check_file(path)
     if path.suffix == ".db":
         frames = _database_frames([path], selection)
     elif path.suffix == ".json" and is_mptrj(path):
@@ -361,15 +368,23 @@ def iter_atoms(
         keys = LabelKeys()
     else:
         frames = _file_frames(path, selection)
+    empty = True
     try:
         for file, frame, atoms in frames:
+            empty = False
             where = f"{file}, frame {frame}"
+            if isinstance(atoms, DataError):
+                yield (str(file) if isinstance(atoms, UnreadableRest) else where), atoms
+                continue
             try:
                 yield where, _labelled(atoms, where, keys, tuple(required))
             except DataError as err:
                 yield where, err
     except DataError as err:
-        yield str(path), DataError(f"{err} (the rest of the file was not read)")
+        yield str(path), UnreadableRest(f"{err} (the rest of the file was not read)")
+        return
+    if empty and selection == slice(None):
+        raise DataError(f"{path}: contains no frames")
 
 
 def streaming_statistics(

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
+from torch_geometric.data import Batch
 
 from mlip import keys
-from mlip.data.graph import atoms_to_batch
+from mlip.data.graph import MIN_DISTANCE, GeometryError, atoms_to_graph
 from mlip.nn.potential import Potential, UnknownElementError
 
 UNITS = {"energy": "meV/atom", "forces": "meV/Å", "stress": "meV/Å³"}
@@ -75,15 +76,39 @@ def check_elements(frames: Sequence[Atoms], potential: Potential, where: str) ->
         )
 
 
-def predict(potential: Potential, frames: Sequence[Atoms], batch_size: int = 16) -> Predictions:
-    """Predictions of ``potential`` for labelled ``frames`` (as :mod:`mlip.data.readers` gives)."""
+def is_labelled(atoms: Atoms) -> bool:
+    """Whether a frame carries an energy, forces or stress to compare with."""
+    results = atoms.calc.results if atoms.calc is not None else {}
+    return any(name in results for name in ("energy", "forces", "stress"))
+
+
+def predict(
+    potential: Potential,
+    frames: Sequence[Atoms],
+    batch_size: int = 16,
+    min_distance: float = MIN_DISTANCE,
+) -> Predictions:
+    """Predictions of ``potential`` for the labelled ones of ``frames`` (as
+    :mod:`mlip.data.readers` gives them; frames without labels are left out).
+
+    A frame with two atoms closer than ``min_distance`` Å (or no graph) raises
+    :class:`~mlip.data.graph.GeometryError` starting ``"frame k: "`` (its position in ``frames``).
+    """
     device = potential.e0.device
     dtype = potential.e0.dtype
+    numbered = [(k, atoms) for k, atoms in enumerate(frames) if is_labelled(atoms)]
+    frames = [atoms for _, atoms in numbered]
     parts: dict[str, list] = {k: [] for k in ("e_ref", "e_pred", "e_g", "f_ref", "f_pred", "f_g")}
     parts.update({k: [] for k in ("s_ref", "s_pred", "s_g")})
     for start in range(0, len(frames), batch_size):
         chunk = list(frames[start : start + batch_size])
-        batch = atoms_to_batch(chunk, potential.cutoff, dtype=dtype, labels=True).to(device)
+        graphs = []
+        for k, atoms in numbered[start : start + batch_size]:
+            try:
+                graphs.append(atoms_to_graph(atoms, potential.cutoff, dtype, True, min_distance))
+            except GeometryError as err:
+                raise type(err)(f"frame {k}: {err}") from err
+        batch = Batch.from_data_list(graphs).to(device)
         out = potential(batch, forces=True, stress=True, create_graph=False)
         energy = out[keys.ENERGY].detach().cpu().double().numpy()
         forces = out[keys.FORCES].detach().cpu().double().numpy()

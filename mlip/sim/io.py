@@ -1,6 +1,8 @@
 """Structure files -> ``ase.Atoms`` for relaxation and MD, with one-line errors.
 
 Any format ASE reads is accepted; a CIF or POSCAR/CONTCAR that ASE cannot read is given to pymatgen.
+A CIF must describe an ordered structure: a partly occupied site, or two atom sites at one
+position, is refused rather than rounded or merged.
 """
 
 from __future__ import annotations
@@ -11,17 +13,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import ase.io
+import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io.cif import CIFBlock, parse_cif
+from ase.io.formats import string2index
 
-from mlip.calculator import AtomsTooCloseError, NonFiniteOutputError
+from mlip.calculator import NonFiniteOutputError
+from mlip.data.graph import GeometryError
 from mlip.data.readers import DataError
 from mlip.export import ModelFileError
 from mlip.nn.potential import UnknownElementError
 
 
 class StructureFileError(ValueError):
-    """A structure file that is missing, empty, unreadable or holds no atoms."""
+    """A structure file that is missing, empty, unreadable, holds no atoms, or (a CIF) holds a
+    partly occupied site or two atom sites at one position."""
 
 
 INPUT_ERRORS = (
@@ -29,7 +36,7 @@ INPUT_ERRORS = (
     DataError,
     ModelFileError,
     UnknownElementError,
-    AtomsTooCloseError,
+    GeometryError,
     NonFiniteOutputError,
     FileNotFoundError,
     IsADirectoryError,
@@ -39,6 +46,15 @@ INPUT_ERRORS = (
 line, without a traceback."""
 
 _PYMATGEN_FORMATS = ("cif", "vasp")
+
+_FULL_OCCUPANCY = 0.01
+"""A CIF site is fully occupied when its occupancy is within this of 1."""
+_SAME_SITE = 1e-3
+"""Two CIF sites closer than this in every fractional coordinate are one site (as ASE merges)."""
+_ORDER_IT = (
+    "mlip needs an ordered structure: make one first, e.g. with pymatgen's "
+    "OrderDisorderedStructureTransformation or a supercell tool such as `supercell`"
+)
 
 
 def read_structure(path: str | os.PathLike, index: int | str = -1) -> Atoms:
@@ -59,6 +75,9 @@ def read_structure(path: str | os.PathLike, index: int | str = -1) -> Atoms:
             atoms = ase.io.read(path, index=index)
     except Exception as err:  # ASE raises many types for a file it cannot parse
         atoms = _read_with_pymatgen(path, err)
+    else:
+        if structure_format(path) == "cif":
+            _check_cif_sites(path, index)
     if isinstance(atoms, list):
         if not atoms:
             raise StructureFileError(f"{path}: holds no structures")
@@ -82,6 +101,66 @@ def structure_format(path: str | os.PathLike) -> str | None:
         return None
 
 
+def _check_cif_sites(path: Path, index: int | str) -> None:
+    """Refuse the CIF block ``index`` selects (the last, for a selection of several) where a site
+    is partly occupied or two ``_atom_site`` rows coincide.
+
+    Rows coincide when one lies on a symmetry image of the other (ASE's reader keeps only the
+    first). That is refused when they are at the same position or hold different elements; rows
+    of one element related by a symmetry operation are a redundant listing (e.g. a full cell
+    written with its space group) and are merged as ASE does.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        blocks = [block for block in parse_cif(str(path)) if block.has_structure()]
+        chosen = blocks[string2index(index) if isinstance(index, str) else index]
+        block = chosen[-1] if isinstance(chosen, list) else chosen
+        sites = block.get_unsymmetrized_structure()
+        symbols = sites.get_chemical_symbols()
+        labels = [str(label) for label in block.get("_atom_site_label", symbols)]
+        occupancies = block.get("_atom_site_occupancy", [1.0] * len(sites))
+        coincident = _coincident_sites(block, sites) if sites.cell.rank == 3 else {}
+    for i, occupancy in enumerate(occupancies):
+        if isinstance(occupancy, int | float) and abs(occupancy - 1) > _FULL_OCCUPANCY:
+            sharing = [i] + [j for pair in coincident if i in pair for j in pair if j != i]
+            if len(sharing) > 1:
+                names = " and ".join(
+                    f"{labels[k]} ({symbols[k]}, occupancy {occupancies[k]:g})" for k in sharing
+                )
+                raise StructureFileError(f"{path}: sites {names} share one position; {_ORDER_IT}")
+            raise StructureFileError(
+                f"{path}: site {labels[i]} ({symbols[i]}) has occupancy {occupancy:g}; {_ORDER_IT}"
+            )
+    for (i, j), (same_place, distance) in coincident.items():
+        if same_place or symbols[i] != symbols[j]:
+            how = "at the same position" if same_place else "on symmetry-equivalent positions"
+            raise StructureFileError(
+                f"{path}: atom sites {labels[i]} ({symbols[i]}) and {labels[j]} ({symbols[j]}) "
+                f"are {how} ({distance:.3g} Å apart): remove one of them"
+            )
+
+
+def _coincident_sites(block: CIFBlock, sites: Atoms) -> dict[tuple[int, int], tuple[bool, float]]:
+    """``(i, j) -> (same position, distance in Å)`` for the rows ``i < j`` of a CIF block where
+    row ``j`` lies on a symmetry image of row ``i`` (a lattice translation included)."""
+    operations = block.get_spacegroup(subtrans_included=True).get_symop()
+    rotations = np.array([rotation for rotation, _ in operations])  # [ops, 3, 3]
+    translations = np.array([translation for _, translation in operations])  # [ops, 3]
+    scaled = sites.cell.scaled_positions(sites.positions)
+    found = {}
+    for i, position in enumerate(scaled[:-1]):
+        later = scaled[i + 1 :]
+        offset = later[None] - (rotations @ position + translations)[:, None]  # [ops, later, 3]
+        offset -= np.rint(offset)
+        close = (np.abs(offset) < _SAME_SITE).all(axis=2)
+        direct = later - position - np.rint(later - position)
+        for k in np.flatnonzero(close.any(axis=0)):
+            op = int(np.flatnonzero(close[:, k])[0])
+            distance = float(np.linalg.norm(offset[op, k] @ sites.cell.array))
+            found[(i, i + 1 + int(k))] = (bool((np.abs(direct[k]) < _SAME_SITE).all()), distance)
+    return found
+
+
 def _read_with_pymatgen(path: Path, ase_error: Exception) -> Atoms:
     fmt = structure_format(path)
     name = path.name.upper()
@@ -93,13 +172,20 @@ def _read_with_pymatgen(path: Path, ase_error: Exception) -> Atoms:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                return AseAtomsAdaptor.get_atoms(Structure.from_file(path))
+                structure = Structure.from_file(path)
             except Exception as err:
                 details = [one_line(err)] + [one_line(w.message, 120) for w in caught[:1]]
                 raise StructureFileError(
                     f"{path}: cannot parse as {(fmt or 'a structure').upper()} "
                     f"(ASE: {ase_says}; pymatgen: {' '.join(details)})"
                 ) from None
+        for site in structure:  # pymatgen keeps partial occupancies: refuse them
+            if not site.is_ordered:
+                species = ", ".join(f"{el} {occ:g}" for el, occ in site.species.items())
+                raise StructureFileError(
+                    f"{path}: site {site.label} is partly occupied ({species}); {_ORDER_IT}"
+                )
+        return AseAtomsAdaptor.get_atoms(structure)
     raise StructureFileError(f"{path}: cannot parse: {ase_says}") from None
 
 

@@ -75,6 +75,7 @@ class PotentialModule(pl.LightningModule):
         self.metadata = dict(metadata or {})
         self.nonfinite_steps = 0
         self.consecutive_nonfinite = 0
+        self.epoch_steps = {"taken": 0, "skipped": 0}
         self.errors = {"val": ErrorSums(), "test": ErrorSums()}
         self.last_metrics: dict[str, dict[str, float]] = {}
         if config is not None:
@@ -131,6 +132,7 @@ class PotentialModule(pl.LightningModule):
             return self._skip_step(batch_idx, "gradient")
         optimizer.step()
         self.consecutive_nonfinite = 0
+        self.epoch_steps["taken"] += 1
         if self.ema is not None:
             self.ema.update(self.potential)
 
@@ -151,6 +153,7 @@ class PotentialModule(pl.LightningModule):
     def _skip_step(self, batch_idx: int, what: str) -> None:
         self.nonfinite_steps += 1
         self.consecutive_nonfinite += 1
+        self.epoch_steps["skipped"] += 1
         self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False)
         if self.consecutive_nonfinite >= self.max_nonfinite:
             raise NonFiniteLossError(
@@ -168,7 +171,17 @@ class PotentialModule(pl.LightningModule):
             return f"{last} (the last finished epoch) is intact: rerun to continue from it."
         return "No epoch had finished, so there is no checkpoint."
 
+    def on_train_epoch_start(self) -> None:
+        self.epoch_steps = {"taken": 0, "skipped": 0}
+
     def on_train_epoch_end(self) -> None:
+        if self.epoch_steps["skipped"] and not self.epoch_steps["taken"]:
+            raise NonFiniteLossError(
+                f"epoch {self.current_epoch}: all {self.epoch_steps['skipped']} training steps had "
+                "a non-finite loss or gradient, so nothing was trained: stopping. "
+                f"{self._checkpoint_note()} Check the data (`mlip data check`) or lower the "
+                "learning rate (optim.optimizer.lr)."
+            )
         optimizer = self.optimizers()
         self.log("lr", optimizer.param_groups[0]["lr"], on_step=False, on_epoch=True)
         scheduler = self.lr_schedulers()

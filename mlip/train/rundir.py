@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 
-class RunDirectoryInUse(RuntimeError):
+class RunDirectoryError(RuntimeError):
+    """The run directory cannot be used: not writable, or (:class:`RunDirectoryInUse`) taken."""
+
+
+class RunDirectoryInUse(RunDirectoryError):
     """Another live process is training in the same run directory."""
 
 
@@ -27,11 +35,17 @@ def is_first_process() -> bool:
 
 @contextmanager
 def locked_run_dir(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir``'s lock for the block; raises :class:`RunDirectoryInUse` naming the process
-    that holds it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Hold ``run_dir``'s lock for the block (creating the directory); raises
+    :class:`RunDirectoryInUse` naming the process that holds it, or :class:`RunDirectoryError` if
+    the directory cannot be written."""
     path = run_dir / ".lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise RunDirectoryError(
+            f"run directory {run_dir}: cannot write there: {err.strerror or err}"
+        ) from err
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -49,6 +63,26 @@ def locked_run_dir(run_dir: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+class CheckRunDirectory(Callback):
+    """Hydra callback of ``mlip train`` (``hydra.callbacks`` in ``conf/train.yaml``): a run directory
+    that cannot be created or written is one line and exit status 2, before Hydra creates it (and
+    opens ``train.log`` there) with a traceback."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        run_dir = Path(OmegaConf.select(config, "hydra.run.dir"))
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=run_dir):
+                pass
+        except OSError as err:
+            reason = err.strerror or err
+            print(
+                f"mlip train: error: run directory {run_dir}: cannot write there: {reason}",
+                file=sys.stderr,
+            )
+            raise SystemExit(2) from None
+
+
 def record_config(cfg: DictConfig, run_dir: Path) -> None:
     """Write the composed config (and, under ``mlip train``, the command-line overrides) to
     ``run_dir/.hydra/`` (Hydra's own copy is off, so that it is written only under the lock)."""
@@ -61,4 +95,11 @@ def record_config(cfg: DictConfig, run_dir: Path) -> None:
         OmegaConf.save(HydraConfig.get().overrides.task, folder / "overrides.yaml")
 
 
-__all__ = ["RunDirectoryInUse", "is_first_process", "locked_run_dir", "record_config"]
+__all__ = [
+    "CheckRunDirectory",
+    "RunDirectoryError",
+    "RunDirectoryInUse",
+    "is_first_process",
+    "locked_run_dir",
+    "record_config",
+]

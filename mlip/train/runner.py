@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,7 +131,8 @@ def train(cfg: DictConfig) -> TrainResult:
     """Train, test and export as ``cfg`` says; returns the trained module and the model path.
 
     Raises :class:`~mlip.train.rundir.RunDirectoryInUse` if another live process trains in
-    ``cfg.run_dir``, and :class:`TrainingTerminated` on SIGTERM.
+    ``cfg.run_dir``, :class:`TrainingTerminated` on SIGTERM and :class:`TrainingInterrupted` on
+    SIGINT (Ctrl+C) while fitting or testing.
     """
     check_config(cfg)  # before the lock and .hydra/: a bad value leaves the directory alone
     run_dir = Path(cfg.run_dir)
@@ -143,6 +145,11 @@ def train(cfg: DictConfig) -> TrainResult:
 
 class TrainingTerminated(RuntimeError):
     """The run got SIGTERM; its last finished epoch is in ``checkpoints/last.ckpt``."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """The run got SIGINT (Ctrl+C) while fitting or testing; its last finished epoch is in
+    ``checkpoints/last.ckpt``."""
 
 
 def _train(cfg: DictConfig, run_dir: Path) -> TrainResult:
@@ -205,10 +212,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> TrainResult:
     )
     _report_start(cfg, datamodule, potential, resume_from, resumed_at)
 
-    try:
+    with _signals_end_the_run(ckpt_dir / "last.ckpt"):
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-    except SIGTERMException:
-        raise TrainingTerminated(_terminated(ckpt_dir / "last.ckpt")) from None
 
     best = ckpt_dir / "best.ckpt"
     if has_val and best.is_file():
@@ -217,10 +222,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> TrainResult:
         module.last_metrics = dict(best_state.get("mlip", {}).get("metrics", {}))
     metrics = {k: dict(v) for k, v in module.last_metrics.items()}
     if datamodule.has("test"):
-        try:
+        with _signals_end_the_run(ckpt_dir / "last.ckpt"):
             trainer.test(module, datamodule=datamodule, verbose=False)
-        except SIGTERMException:
-            raise TrainingTerminated(_terminated(ckpt_dir / "last.ckpt")) from None
         metrics["test"] = dict(module.last_metrics.get("test", {}))
 
     model_path = None
@@ -242,9 +245,24 @@ def _train(cfg: DictConfig, run_dir: Path) -> TrainResult:
     return TrainResult(run_dir, model_path, module, datamodule, trainer, metrics)
 
 
-def _terminated(last: Path) -> str:
+@contextmanager
+def _signals_end_the_run(last: Path) -> Iterator[None]:
+    """SIGTERM and SIGINT inside ``trainer.fit`` or ``trainer.test`` as :class:`TrainingTerminated`
+    and :class:`TrainingInterrupted`, whose message says what ``last`` holds."""
+    try:
+        yield
+    except SIGTERMException:
+        raise TrainingTerminated(_stopped("terminated by SIGTERM", last)) from None
+    except SystemExit as exit_:
+        # Lightning answers Ctrl+C with its graceful shutdown and then sys.exit(1)
+        if not isinstance(exit_.__context__, KeyboardInterrupt):
+            raise
+        raise TrainingInterrupted(_stopped("interrupted by SIGINT", last)) from None
+
+
+def _stopped(how: str, last: Path) -> str:
     done = f"after epoch {load_checkpoint(last).get('epoch')}" if last.is_file() else "nothing"
-    return f"terminated by SIGTERM; {last} holds {done}: rerun the same command to continue from it"
+    return f"{how}; {last} holds {done}: rerun the same command to continue from it"
 
 
 def _finish(loggers: list) -> None:
@@ -324,6 +342,7 @@ def _report_end(
 __all__ = [
     "CONF_DIR",
     "TrainResult",
+    "TrainingInterrupted",
     "TrainingTerminated",
     "build_potential",
     "checkpoint_to_resume",
