@@ -1,23 +1,24 @@
-"""mlip: fast E(3)-equivariant machine-learned interatomic potentials."""
+"""mlip: fast E(3)-equivariant machine-learned interatomic potentials.
 
-import torch
+The names below are imported on first use, so that ``import mlip`` (and with it every ``mlip``
+command's start-up) does not wait for torch.
+"""
 
-# e3nn 0.4.4 (the version mace-torch pins) loads its constants with a plain torch.load, which
-# torch >= 2.6 refuses under weights_only unless `slice` is an allowed global. `slice` carries no code.
-torch.serialization.add_safe_globals([slice])
+import importlib
 
 __version__ = "0.1.0"
 
-from mlip.export import load_model, save_model  # noqa: E402
-from mlip.nn.potential import Potential  # noqa: E402
-
 __all__ = ["MLIPCalculator", "Potential", "load_model", "save_model", "__version__"]
+
+_WHERE = {
+    "MLIPCalculator": "mlip.calculator",
+    "Potential": "mlip.nn.potential",
+    "load_model": "mlip.export",
+    "save_model": "mlip.export",
+}
 
 
 def __getattr__(name: str):
-    # the ASE calculator is imported on first use, so `import mlip` stays light
-    if name == "MLIPCalculator":
-        from mlip.calculator import MLIPCalculator
-
-        return MLIPCalculator
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
     raise AttributeError(f"module 'mlip' has no attribute {name!r}")

@@ -41,8 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"mlip: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"mlip.commands.{command}")
-    return int(module.main(rest) or 0)
+    try:
+        module = importlib.import_module(f"mlip.commands.{command}")
+        return int(module.main(rest) or 0)
+    except KeyboardInterrupt:  # `mlip train` says more itself
+        print(f"mlip {command}: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports it
 
 
 if __name__ == "__main__":

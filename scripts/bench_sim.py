@@ -38,7 +38,7 @@ from ase import Atoms
 from ase.build import bulk
 from mace_peer import MP_TABLE, build_mace_mp
 
-import mlip  # noqa: I001  (must precede e3nn / mace: registers a torch safe global e3nn needs)
+import mlip.nn  # noqa: I001  (must precede e3nn / mace: registers a torch safe global e3nn needs)
 from mlip.calculator import MLIPCalculator
 from mlip.data import neighbour_list
 from mlip.nn import Facet

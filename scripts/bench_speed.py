@@ -57,7 +57,7 @@ from ase.data import chemical_symbols
 from ase.io import read
 from mace_peer import MP_TABLE, build_mace_mp
 
-import mlip  # first party, and before e3nn / mace (imported lazily): registers a safe global
+import mlip.nn  # first party, before e3nn / mace (imported lazily): registers a safe global
 from mlip.data import atoms_to_batch
 from mlip.nn import Facet
 from mlip.nn.config import default_dtype

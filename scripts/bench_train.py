@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-import mlip  # registers the torch safe global e3nn needs (before mace is imported below)
+import mlip.nn  # registers the torch safe global e3nn needs (before mace is imported below)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "acac"

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-import mlip  # noqa: F401  (before e3nn / mace: registers a torch safe global e3nn needs)
+import mlip.nn  # noqa: F401  (before e3nn / mace: registers a torch safe global e3nn needs)
 from mlip.nn.config import default_dtype
 
 HIDDEN_IRREPS = {"small": "128x0e", "medium": "128x0e+128x1o"}

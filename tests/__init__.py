@@ -1,3 +1,3 @@
-"""mlip tests. Importing mlip first lets e3nn 0.4.4 load its constants under torch >= 2.6."""
+"""mlip tests. Importing mlip.nn first lets e3nn 0.4.4 load its constants under torch >= 2.6."""
 
-import mlip  # noqa: F401
+import mlip.nn  # noqa: F401

@@ -299,7 +299,7 @@ def test_sigterm_and_sigint_mid_epoch_end_with_one_line_and_the_rerun_resumes(
     rerun_resumes(run, mlip_train, 0)
 
 
-@pytest.mark.parametrize("package", ["hydra", "lightning"])
+@pytest.mark.parametrize("package", ["torch", "hydra", "lightning"])
 def test_sigint_while_importing_is_one_line_without_traceback(tmp_path, package):
     (tmp_path / "starting.py").write_text(STARTING)
     args = train_overrides(tmp_path / "run", EPOCHS)
