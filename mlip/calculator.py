@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
-from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 from torch_geometric.data import Data
 
@@ -27,11 +26,8 @@ from mlip.data.graph import (
     neighbour_list,
     too_close,
 )
-from mlip.nn.potential import Potential, UnknownElementError
-
-
-class NonFiniteOutputError(ValueError):
-    """The model gave a NaN or infinite energy, force or stress."""
+from mlip.errors import NonFiniteOutputError, UnknownElementError, unknown_elements
+from mlip.nn.potential import Potential
 
 
 class MLIPCalculator(Calculator):
@@ -155,11 +151,7 @@ class MLIPCalculator(Calculator):
         """Raise :class:`UnknownElementError` naming any element of ``atoms`` the model lacks."""
         unknown = sorted(set(atoms.numbers.tolist()) - self.known_numbers)
         if unknown:
-            names = ", ".join(chemical_symbols[z] if 0 < z < 119 else f"Z={z}" for z in unknown)
-            raise UnknownElementError(
-                f"element {names} is not known to this model, which knows "
-                f"{', '.join(self.elements)}"
-            )
+            raise UnknownElementError(unknown_elements(unknown, self.elements))
 
     def _pairs(self, atoms: Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Pairs ``(i, j, shifts)`` within the cutoff, from the Verlet list (rebuilt if stale)."""

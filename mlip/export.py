@@ -1,4 +1,6 @@
-"""One self-contained model file: ``save_model`` and ``load_model``.
+"""The deployment edge: model files (``save_model``, ``load_model``), atomic writes, and the
+potential of a training checkpoint (``load_checkpoint``, ``potential_from_checkpoint``), all
+without Lightning or Hydra.
 
 The file is a ``torch.save`` of plain containers (no pickled classes): the model's class name and
 constructor config, the potential's cutoff, species, E0s, scale and shift (in its state dict), the
@@ -18,7 +20,8 @@ from typing import Any
 
 import torch
 
-import mlip
+from mlip import __version__, keys
+from mlip.errors import CheckpointError, ModelFileError
 from mlip.nn.config import default_dtype
 from mlip.nn.potential import Potential
 
@@ -26,13 +29,8 @@ FORMAT = "mlip-model"
 # 2: Facet's last layer holds scalar outputs only (format 1 files are upgraded); 3: Facet's norm
 # has a floor from the scalars under the l > 0 features' RMS (vector_floor; formats 1, 2 load with 0)
 FORMAT_VERSION = 3
-UNITS = {"energy": "eV", "length": "Å", "forces": "eV/Å", "stress": "eV/Å³"}
 # model classes a file may name; nothing outside this table is ever imported by load_model
 MODEL_CLASSES = {"Facet": "mlip.nn.facet", "MACE": "mlip.nn.mace"}
-
-
-class ModelFileError(ValueError):
-    """A model file that is missing, corrupt, truncated or from a newer mlip."""
 
 
 def save_model(potential: Potential, path: str | os.PathLike, metadata: dict | None = None) -> Path:
@@ -44,13 +42,13 @@ def save_model(potential: Potential, path: str | os.PathLike, metadata: dict | N
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "mlip_version": mlip.__version__,
+        "mlip_version": __version__,
         "model_class": name,
         "model_config": model.config,
         "cutoff": potential.cutoff,
         "species": potential.species.tolist(),
         "dtype": str(potential.e0.dtype).removeprefix("torch."),
-        "units": UNITS,
+        "units": keys.UNITS,
         "metadata": metadata or {},
         "state_dict": {k: v.detach().cpu() for k, v in potential.state_dict().items()},
     }
@@ -96,7 +94,7 @@ def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
     if version > FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: written by mlip {payload.get('mlip_version')} in model-file format {version}; "
-            f"this mlip {mlip.__version__} reads format {FORMAT_VERSION}. Upgrade mlip."
+            f"this mlip {__version__} reads format {FORMAT_VERSION}. Upgrade mlip."
         )
     if payload.get("model_class") not in MODEL_CLASSES:
         raise ModelFileError(f"{path}: unknown model class {payload.get('model_class')!r}")
@@ -215,3 +213,51 @@ def build_potential(
     cls = getattr(module, model_class)
     with default_dtype(dtype):
         return Potential(cls(**model_config), cutoff, species)
+
+
+def remove_partial_checkpoints(directory: str | os.PathLike) -> list[Path]:
+    """Delete temporary files left by a run killed while writing a checkpoint or a model file
+    (``.NAME.ckpt.*.tmp``, ``.NAME.pt.*.tmp``) in ``directory``; returns them."""
+    directory = Path(directory)
+    leftovers = (
+        sorted([*directory.glob(".*.ckpt.*.tmp"), *directory.glob(".*.pt.*.tmp")])
+        if directory.is_dir()
+        else []
+    )
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A training checkpoint, loaded with ``weights_only=True`` on the CPU; raises
+    :class:`CheckpointError` naming the file if it cannot be read."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(
+            f"{path}: unreadable checkpoint (corrupt or truncated): move it away, or rerun with "
+            "resume=false to start the run over"
+        ) from None
+
+
+def potential_from_checkpoint(checkpoint: dict[str, Any], ema: bool = True) -> Potential:
+    """The :class:`Potential` of a training checkpoint (its EMA weights where present and ``ema``).
+
+    Uses only the plain ``checkpoint["mlip"]`` entry (model class, constructor config, cutoff,
+    species, dtype) and the state dict: no Hydra config and no pickled code.
+    """
+    info = checkpoint.get("mlip")
+    if not isinstance(info, dict) or info.get("model_class") not in MODEL_CLASSES:
+        raise ValueError("not an mlip training checkpoint (no 'mlip' entry with a known model)")
+    potential = build_potential(
+        info["model_class"], info["model_config"], info["cutoff"], info["species"], info["dtype"]
+    )
+    state = checkpoint["state_dict"]
+    prefix = (
+        "ema.module." if ema and any(k.startswith("ema.module.") for k in state) else "potential."
+    )
+    potential.load_state_dict(
+        {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    )
+    return potential.eval()

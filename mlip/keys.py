@@ -21,4 +21,21 @@ CHARGE = "charge"  # [B] total charge, e
 SPIN = "spin"  # [B] spin multiplicity 2S+1
 WEIGHT = "weight"  # [B] per-structure loss weight
 
+HAS_ENERGY = "has_energy"  # [B] bool: the structure has an energy label (else zero-filled)
+HAS_FORCES = "has_forces"  # [B] bool
+HAS_STRESS = "has_stress"  # [B] bool
+
 LABELS = (ENERGY, FORCES, STRESS)
+HAS = {ENERGY: HAS_ENERGY, FORCES: HAS_FORCES, STRESS: HAS_STRESS}
+"""The presence flag of each label."""
+
+UNITS = {"length": "Å", ENERGY: "eV", FORCES: "eV/Å", STRESS: "eV/Å³"}
+"""Units of positions, labels and predictions (model files record them)."""
+ERROR_UNITS = {ENERGY: "meV/atom", FORCES: "meV/Å", STRESS: "meV/Å³"}
+"""Units of errors: tables of ``mlip eval`` and, spelt in ASCII (:func:`metric_unit`), metric names."""
+
+
+def metric_unit(label: str) -> str:
+    """:data:`ERROR_UNITS` of ``label`` as metric names spell it: ``meV_per_atom``, ``meV_per_A``."""
+    unit = ERROR_UNITS[label].replace("/", "_per_")
+    return unit.replace("Å³", "A3").replace("Å", "A")

@@ -14,8 +14,7 @@ from ase.stress import voigt_6_to_full_3x3_stress
 import mlip
 from mlip.calculator import MLIPCalculator
 from mlip.data import atoms_to_batch
-from mlip.data.graph import AtomsTooCloseError
-from mlip.nn.potential import UnknownElementError
+from mlip.errors import AtomsTooCloseError, UnknownElementError
 from mlip.sim.md import thermalize
 
 from .conftest import CUTOFF, ethanol, rattled_silicon

@@ -10,10 +10,12 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from mlip.commands.data import main
+from mlip.data.convert import convert
 from mlip.data.graph import atoms_to_graph
 from mlip.data.lmdb import GraphLMDBDataset, LMDBDataset
-from mlip.data.readers import DataError, read_frames
-from mlip.data.tools import convert, iter_atoms, scan_files, streaming_statistics
+from mlip.data.passes import iter_atoms, scan_files, streaming_statistics
+from mlip.data.readers import read_frames
+from mlip.errors import DataError
 
 DATA = Path(__file__).parent.parent / "data"
 SAMPLES = DATA / "aselmdb_samples"

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from mlip.data.datamodule import AtomsDataModule
-from mlip.data.readers import DataError, LabelKeys
+from mlip.data.records import LabelKeys
+from mlip.errors import DataError
 
 ROOT = Path(__file__).resolve().parent.parent
 SI = ROOT / "data/zuo2020/Si_train.xyz"

@@ -10,7 +10,8 @@ import torch
 
 import mlip
 from mlip.data import atoms_to_batch
-from mlip.export import FORMAT_VERSION, ModelFileError, read_model_file
+from mlip.errors import ModelFileError, NonFiniteOutputError
+from mlip.export import FORMAT_VERSION, read_model_file
 
 from .conftest import CUTOFF, ethanol, rattled_silicon
 
@@ -94,7 +95,6 @@ def test_crafted_files_get_one_clear_error(potential, tmp_path, change, message)
 
 
 def test_non_finite_model_output_stops_the_calculator(potential):
-    from mlip.calculator import NonFiniteOutputError
 
     with torch.no_grad():
         next(potential.model.parameters()).fill_(float("nan"))

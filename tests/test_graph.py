@@ -11,7 +11,7 @@ from ase.neighborlist import neighbor_list as ase_neighbor_list
 
 from mlip import keys
 from mlip.data import atoms_to_batch, atoms_to_graph, neighbour_list
-from mlip.data.graph import AtomsTooCloseError, GeometryError
+from mlip.errors import AtomsTooCloseError, GeometryError
 
 from .conftest import rattled_silicon
 

@@ -11,10 +11,11 @@ import torch
 from torch_geometric.loader import DataLoader
 
 import mlip.data.lmdb as lmdb_module
+from mlip.data.convert import preprocess
 from mlip.data.graph import atoms_to_graph
 from mlip.data.lmdb import GraphLMDBDataset, GraphLMDBWriter, LMDBDataset
-from mlip.data.readers import DataError, read_frames
-from mlip.data.tools import preprocess
+from mlip.data.readers import read_frames
+from mlip.errors import DataError
 
 SAMPLES = Path(__file__).parent.parent / "data" / "aselmdb_samples"
 CUTOFF = 4.0

@@ -11,7 +11,7 @@ from e3nn import o3
 
 import mlip
 from mlip.data import atoms_to_batch
-from mlip.nn.potential import UnknownElementError
+from mlip.errors import UnknownElementError
 
 from .conftest import CUTOFF, SPECIES, default_dtype, ethanol, make_model, rattled_silicon
 
@@ -209,7 +209,9 @@ def test_energy_smooth_at_cutoff(potential):
 
 def test_unknown_element_is_named(potential):
     atoms = Atoms("CuO", positions=[[0, 0, 0], [0, 0, 1.8]])
-    with pytest.raises(UnknownElementError, match=r"Cu \(Z=29\).*H, C, O, Si"):
+    with pytest.raises(
+        UnknownElementError, match=r"element Cu is not known to this model, which knows H, C, O, Si"
+    ):
         predict(potential, atoms)
 
 

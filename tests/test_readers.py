@@ -12,7 +12,9 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io.formats import string2index
 
-from mlip.data.readers import DataError, LabelKeys, iter_frames, read_dataset, read_frames
+from mlip.data.readers import iter_frames, read_dataset, read_frames
+from mlip.data.records import LabelKeys
+from mlip.errors import DataError
 
 DATA = Path(__file__).parent.parent / "data"
 SI_XYZ = DATA / "zuo2020" / "Si_train.xyz"

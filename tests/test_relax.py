@@ -13,7 +13,8 @@ from pymatgen.io.cif import CifWriter
 
 from mlip.calculator import MLIPCalculator
 from mlip.commands import relax as relax_command
-from mlip.sim.io import StructureFileError, read_structure
+from mlip.errors import StructureFileError
+from mlip.sim.io import read_structure
 from mlip.sim.relax import relax
 
 from .test_md import copper, trained_copper_model

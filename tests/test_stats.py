@@ -9,7 +9,8 @@ from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from mlip.data.graph import neighbour_list
-from mlip.data.readers import LabelKeys, read_frames
+from mlip.data.readers import read_frames
+from mlip.data.records import LabelKeys
 from mlip.data.stats import (
     average_num_neighbors,
     compute_statistics,

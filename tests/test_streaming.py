@@ -19,11 +19,11 @@ from torch_geometric.data import Data
 
 import mlip
 import mlip.data.lmdb as lmdb_module
+from mlip.data.convert import convert, preprocess
 from mlip.data.datamodule import AtomsDataModule
 from mlip.data.lmdb import LMDBDataset
-from mlip.data.readers import DataError
 from mlip.data.streaming import SKIPPED, LMDBDataModule
-from mlip.data.tools import convert, preprocess
+from mlip.errors import DataError
 from mlip.train.runner import compose, train
 
 from .conftest import TINY_RUN

@@ -18,10 +18,11 @@ import mlip
 import mlip.cli
 from mlip import keys
 from mlip.data.graph import atoms_to_batch
-from mlip.train.checkpoint import AtomicCheckpointIO, load_checkpoint, remove_partial_checkpoints
+from mlip.errors import NonFiniteLossError
+from mlip.export import load_checkpoint, remove_partial_checkpoints
+from mlip.train.checkpoint import AtomicCheckpointIO
 from mlip.train.ema import ExponentialMovingAverage
 from mlip.train.loss import WeightedLoss
-from mlip.train.module import NonFiniteLossError
 from mlip.train.runner import checkpoint_to_resume, compose, train
 
 from .conftest import TINY_RUN

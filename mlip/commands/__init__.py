@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
-
-class OutputError(ValueError):
-    """An output path the command could not write: checked before the work starts."""
+from mlip.errors import OutputError
 
 
 def writable_file(path: str | os.PathLike, option: str) -> Path:
@@ -48,15 +44,3 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device (cpu)")
     p.add_argument("--dtype", choices=["float32", "float64"], help="default: the model's")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-
-
-def report_errors(prog: str, run: Callable[[argparse.Namespace], int], args) -> int:
-    """Run a command; a user error (bad file, unknown element, ...) becomes one line on stderr
-    and exit status 1, never a traceback."""
-    from mlip.sim.io import INPUT_ERRORS, one_line
-
-    try:
-        return run(args)
-    except (*INPUT_ERRORS, OutputError) as err:
-        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
-        return 1

@@ -1,6 +1,6 @@
 """``mlip data stats|check|convert|preprocess``: dataset tools on the command line.
 
-Thin: parses arguments, calls :mod:`mlip.data.tools` and reports. Errors are one line
+Thin: parses arguments, calls :mod:`mlip.data.passes` and :mod:`mlip.data.convert` and reports. Errors are one line
 ``mlip data: error: ...`` with exit status 1 (2 for bad usage); ``check`` exits 1 when it finds
 bad frames or outliers.
 """
@@ -16,7 +16,9 @@ from pathlib import Path
 import lmdb
 from ase.data import atomic_numbers, chemical_symbols
 
-from mlip.data.readers import LABELS, DataError, LabelKeys
+from mlip.data.readers import LABELS
+from mlip.data.records import LabelKeys
+from mlip.errors import DataError
 
 PROG = "mlip data"
 SHOWN = 20  # problems listed by `stats` (``check`` lists all it kept)
@@ -138,7 +140,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from mlip.data.tools import convert
+    from mlip.data.convert import convert
 
     written, bad = convert(
         args.source,
@@ -156,7 +158,7 @@ def _convert(args: argparse.Namespace) -> int:
 def _preprocess(args: argparse.Namespace) -> int:
     import torch
 
-    from mlip.data.tools import preprocess
+    from mlip.data.convert import preprocess
 
     if len(args.paths) < 2:
         raise DataError("preprocess needs input files and an output file OUT.lmdb")
@@ -185,7 +187,7 @@ _COMMANDS = {"stats": _stats, "check": _check, "convert": _convert, "preprocess"
 
 
 def _scan(args: argparse.Namespace, on_error: str):
-    from mlip.data.tools import scan_files
+    from mlip.data.passes import scan_files
 
     return scan_files(
         args.files,

@@ -7,7 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from mlip.commands import add_model_options, report_errors, writable_dir, writable_file
+from mlip import keys
+from mlip.commands import add_model_options, writable_dir, writable_file
+from mlip.errors import GeometryError, report_errors
 
 PROG = "mlip eval"
 
@@ -48,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from mlip.data.graph import GeometryError
-    from mlip.data.readers import LabelKeys, read_frames
+    from mlip.data.readers import read_frames
+    from mlip.data.records import LabelKeys
     from mlip.export import load_model
     from mlip.models import default_model_path
     from mlip.sim.evaluate import (
@@ -93,7 +95,7 @@ def _run(args: argparse.Namespace) -> int:
         datasets[name] = frames
 
     print(f"model {model_path} ({', '.join(potential.elements)}, cutoff {potential.cutoff} Å)")
-    report = {"model": str(model_path), "units": _units(), "files": {}}
+    report = {"model": str(model_path), "units": dict(keys.ERROR_UNITS), "files": {}}
     for name, frames in datasets.items():
         try:
             pred = predict(potential, frames, args.batch_size, args.min_distance)
@@ -119,12 +121,6 @@ def _run(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         print(f"\nerrors written to {args.json}")
     return 0
-
-
-def _units() -> dict[str, str]:
-    from mlip.sim.evaluate import UNITS
-
-    return dict(UNITS)
 
 
 if __name__ == "__main__":

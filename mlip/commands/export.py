@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from mlip.commands import OutputError, writable_file
-from mlip.export import save_model
-from mlip.train.checkpoint import load_checkpoint, potential_from_checkpoint
+from mlip.commands import writable_file
+from mlip.errors import OutputError
+from mlip.export import load_checkpoint, potential_from_checkpoint, save_model
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from mlip.commands import report_errors
+from mlip.errors import report_errors
 
 PROG = "mlip info"
 

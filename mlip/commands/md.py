@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from mlip.commands import add_model_options, report_errors, writable_file
+from mlip.commands import add_model_options, writable_file
+from mlip.errors import UnknownElementError, report_errors
 
 PROG = "mlip md"
 
@@ -69,7 +70,6 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from mlip.calculator import MLIPCalculator
-    from mlip.nn.potential import UnknownElementError
     from mlip.sim.io import read_structure
     from mlip.sim.md import run_md
 

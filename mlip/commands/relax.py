@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from mlip.commands import add_model_options, report_errors, writable_file
+from mlip.commands import add_model_options, writable_file
+from mlip.errors import INPUT_ERRORS, one_line, report_errors
 
 PROG = "mlip relax"
 
@@ -64,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from mlip.calculator import MLIPCalculator
-    from mlip.sim.io import INPUT_ERRORS, one_line, read_structure
+    from mlip.sim.io import read_structure
 
     if args.fmax <= 0 or args.smax <= 0 or args.steps < 0:
         print(f"{PROG}: error: --fmax and --smax must be > 0 and --steps >= 0", file=sys.stderr)
@@ -104,7 +105,6 @@ def _relax_one(path: Path, atoms, calc, args: argparse.Namespace, several: bool)
     """Relax one structure, write it and report; False if it failed or did not converge."""
     import ase.io
 
-    from mlip.sim.io import INPUT_ERRORS, one_line
     from mlip.sim.relax import relax
 
     output, out_fmt = _output_path(path, args.output, several)

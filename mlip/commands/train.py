@@ -9,6 +9,16 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
+from mlip.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    NonFiniteLossError,
+    RunDirectoryError,
+    TrainingTerminated,
+    one_line,
+)
+
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
@@ -30,7 +40,6 @@ def _main(argv: list[str] | None) -> int:
     # imported here, so that Ctrl+C while they load is the one line of main
     import hydra
 
-    from mlip.data.readers import DataError
     from mlip.train import CONF_DIR
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -46,11 +55,7 @@ def _main(argv: list[str] | None) -> int:
         # Lightning is imported only when training, not for --help or --cfg
         from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-        from mlip.sim.io import one_line
-        from mlip.train.checkpoint import CheckpointError
-        from mlip.train.module import NonFiniteLossError
-        from mlip.train.rundir import RunDirectoryError
-        from mlip.train.runner import ConfigError, TrainingTerminated, train
+        from mlip.train.runner import train
 
         sys.argv = [program, *command]
         try:

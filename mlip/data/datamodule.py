@@ -22,10 +22,11 @@ from ase.data import chemical_symbols
 from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import Batch, Data
 
-from mlip.data.graph import MIN_DISTANCE, AtomsTooCloseError, atoms_to_graph
-from mlip.data.readers import DataError, LabelKeys
+from mlip.data.graph import MIN_DISTANCE, atoms_to_graph
+from mlip.data.passes import iter_atoms
+from mlip.data.records import BadFrames, LabelKeys, OnError
 from mlip.data.stats import DatasetStatistics, compute_statistics, is_isolated_atom
-from mlip.data.tools import BadFrames, OnError, iter_atoms
+from mlip.errors import AtomsTooCloseError, DataError
 
 Paths = str | os.PathLike | Sequence[str | os.PathLike]
 SHOWN = 10

@@ -13,19 +13,11 @@ from torch_geometric.data import Batch, Data
 from vesin import NeighborList
 
 from mlip import keys
+from mlip.errors import AtomsTooCloseError, GeometryError
 
 MIN_DISTANCE = 0.5
 """Å: the smallest interatomic distance the commands accept by default (training, evaluation,
 relaxation and MD); closer atoms are an input error, not a structure to score."""
-
-
-class GeometryError(ValueError):
-    """A structure no graph can be built from: non-finite positions or cell, a periodic cell
-    without volume, or (:class:`AtomsTooCloseError`) two atoms closer than allowed."""
-
-
-class AtomsTooCloseError(GeometryError):
-    """Two atoms are closer than the smallest allowed distance."""
 
 
 def neighbour_list(atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -199,9 +191,9 @@ def _attach_labels(data: Data, atoms: Atoms, dtype: torch.dtype) -> None:
     energy = results.get("energy")
     forces = results.get("forces")
     stress = results.get("stress")
-    data.has_energy = torch.tensor([energy is not None])
-    data.has_forces = torch.tensor([forces is not None])
-    data.has_stress = torch.tensor([stress is not None])
+    data[keys.HAS_ENERGY] = torch.tensor([energy is not None])
+    data[keys.HAS_FORCES] = torch.tensor([forces is not None])
+    data[keys.HAS_STRESS] = torch.tensor([stress is not None])
     data[keys.ENERGY] = torch.tensor([0.0 if energy is None else float(energy)], dtype=dtype)
     data[keys.FORCES] = (
         torch.zeros(n, 3, dtype=dtype) if forces is None else torch.tensor(forces, dtype=dtype)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,9 @@ from torch.utils.data import Dataset
 from torch_geometric.data import Data
 
 from mlip.data.graph import atoms_to_graph
-from mlip.data.readers import DataError, LabelKeys, _labelled
+from mlip.data.readers import _labelled
+from mlip.data.records import LabelKeys
+from mlip.errors import DataError
 
 GRAPH_FORMAT = "mlip-graph-lmdb"
 GRAPH_VERSION = 1
@@ -124,7 +126,7 @@ class LMDBDataset(Dataset):
     cutoff
         Neighbour-list cutoff in Å.
     keys
-        Names of the labels in the rows (:class:`~mlip.data.readers.LabelKeys`).
+        Names of the labels in the rows (:class:`~mlip.data.records.LabelKeys`).
     dtype
         Floating dtype of positions, cell and labels (default: torch's default at construction).
     required
@@ -132,7 +134,7 @@ class LMDBDataset(Dataset):
 
     ``dataset[i]`` is :func:`~mlip.data.graph.atoms_to_graph` of frame ``i`` with ``labels=True``;
     charge and spin come from ``row.data``. A bad frame raises :class:`DataError` naming file and
-    frame (its position in the file); the passes of :mod:`mlip.data.tools` stop there or, with
+    frame (its position in the file); the passes of :mod:`mlip.data.passes` stop there or, with
     ``on_error="skip"``, count and skip it. The dataset pickles small (no frames, no open files),
     for ``spawn`` workers and DDP.
     """
@@ -398,17 +400,3 @@ def _compact(name: str, value: torch.Tensor) -> torch.Tensor:
 
 def _dtype(name: str) -> torch.dtype:
     return getattr(torch, name.removeprefix("torch."))
-
-
-def write_graphs(
-    graphs: Iterable[tuple[Data, str]], path: str | Path, metadata: dict[str, Any]
-) -> Path:
-    """Write ``(graph, source)`` pairs to the graph cache ``path`` (see :class:`GraphLMDBWriter`)."""
-    writer = GraphLMDBWriter(path)
-    try:
-        for graph, source in graphs:
-            writer.append(graph, source)
-    except BaseException:
-        writer.abort()
-        raise
-    return writer.close(metadata)

@@ -26,6 +26,8 @@ from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from mlip.errors import DataError
+
 ENERGY_LABELS = ("uncorrected_total_energy", "corrected_total_energy", "energy_per_atom")
 """Energy labels a frame may be read with; ``energy_per_atom`` is multiplied by the atom count."""
 
@@ -61,7 +63,6 @@ def iter_mptrj(
 
 
 def _frames(path: Path, index: slice, label: str) -> Iterator[tuple[Path, int, Atoms]]:
-    from mlip.data.readers import DataError
 
     try:
         with open(path, encoding="utf-8") as handle:
@@ -127,8 +128,6 @@ def _energy_label(energy: str) -> str:
     if energy == "energy":
         return DEFAULT_ENERGY
     if energy not in ENERGY_LABELS:
-        from mlip.data.readers import DataError
-
         choices = ", ".join(("energy",) + ENERGY_LABELS)
         raise DataError(f"MPtrj energy label must be one of {choices}; got {energy!r}")
     return energy

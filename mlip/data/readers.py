@@ -17,7 +17,6 @@ import sys
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
 from io import StringIO
 from itertools import accumulate, count
 from pathlib import Path
@@ -36,6 +35,8 @@ from ase_db_backends.aselmdb import LMDBDatabase
 
 from mlip.data.extxyz import MalformedFrame, frame_texts
 from mlip.data.mptrj import is_mptrj, iter_mptrj
+from mlip.data.records import LabelKeys
+from mlip.errors import DataError, UnreadableRest, one_line
 
 LABELS = ("energy", "forces", "stress", "charge", "spin")
 """Canonical label names, the values ``required`` may contain."""
@@ -49,30 +50,6 @@ of the heaviest elements are below 8e5 eV/atom), max |force| (eV/Å) and max |st
 
 Index = int | slice | str
 """A frame selection as ``ase.io.read`` takes it: ``3``, ``-1``, ``":"``, ``"10:20:2"``, a slice."""
-
-
-@dataclass(frozen=True)
-class LabelKeys:
-    """Names under which a file stores each label (calculator results, ``info`` or ``arrays``).
-
-    ``virial`` (eV; 3x3, 9 numbers or Voigt-6) is used only when no stress is found and becomes
-    ``stress = -virial / volume``. A name no frame uses simply means that label is absent.
-    """
-
-    energy: str = "energy"
-    forces: str = "forces"
-    stress: str = "stress"
-    virial: str = "virial"
-    charge: str = "charge"
-    spin: str = "spin"
-
-
-class DataError(ValueError):
-    """A file that cannot be read, or a frame whose labels are missing or malformed."""
-
-
-class UnreadableRest(DataError):
-    """A file that cannot be parsed past one of its frames: that frame and the rest were not read."""
 
 
 def iter_frames(
@@ -199,9 +176,9 @@ def _file_frames(path: Path, index: slice) -> Iterator[tuple[Path, int, Atoms | 
             return
         except Exception as err:
             if not k:  # the first frame read: the failing one is not known
-                yield path, -1, UnreadableRest(f"{path}: cannot parse: {_one_line(err)}")
+                yield path, -1, UnreadableRest(f"{path}: cannot parse: {one_line(err)}")
                 return
-            message = f"{path}, frame {numbers[k]}: cannot parse: {_one_line(err)}"
+            message = f"{path}, frame {numbers[k]}: cannot parse: {one_line(err)}"
             yield path, numbers[k], UnreadableRest(f"{message} (frames {numbers[k]}.. not read)")
             return
         yield path, numbers[k], atoms
@@ -233,15 +210,9 @@ def _xyz_frames(path: Path, index: slice) -> Iterator[tuple[Path, int, Atoms | D
         try:
             atoms = next(read_xyz(StringIO(text), 0))
         except Exception as err:
-            yield path, frame, DataError(f"{path}, frame {frame}: cannot parse: {_one_line(err)}")
+            yield path, frame, DataError(f"{path}, frame {frame}: cannot parse: {one_line(err)}")
             continue
         yield path, frame, atoms
-
-
-def _one_line(err: BaseException, limit: int = 300) -> str:
-    lines = str(err).strip().splitlines()
-    text = " ".join(lines[0].split()) if lines else type(err).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _frame_numbers(path: Path, index: slice) -> range:

@@ -34,12 +34,21 @@ from ase.data import chemical_symbols
 from torch.utils.data import Dataset
 from torch_geometric.data import Batch, Data
 
+from mlip import keys
 from mlip.data.datamodule import SplitDataModule
 from mlip.data.graph import MIN_DISTANCE, edge_lengths, too_close
 from mlip.data.lmdb import GraphLMDBDataset, LMDBDataset
-from mlip.data.readers import DataError, LabelKeys, read_dataset
-from mlip.data.stats import DatasetStatistics, isolated_atom_energies
-from mlip.data.tools import MAX_Z, BadFrames, DatasetStats, OnError, StreamingStats, dataset_graphs
+from mlip.data.passes import dataset_graphs
+from mlip.data.readers import read_dataset
+from mlip.data.records import BadFrames, LabelKeys, OnError
+from mlip.data.stats import (
+    MAX_Z,
+    DatasetStatistics,
+    DatasetStats,
+    StreamingStats,
+    isolated_atom_energies,
+)
+from mlip.errors import DataError
 
 Paths = str | os.PathLike | Sequence[str | os.PathLike]
 SHOWN = 10
@@ -95,7 +104,7 @@ def check_graph(
         if error is not None:
             return f"{error} (data.min_distance)"
     for name in ("energy", "forces", "stress"):
-        present = bool(graph[f"has_{name}"])
+        present = bool(graph[keys.HAS[name]])
         if name in required and not present:
             return f"{name} missing"
         if present and not torch.isfinite(graph[name]).all():

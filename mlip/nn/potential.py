@@ -9,10 +9,7 @@ from ase.data import chemical_symbols
 from torch import Tensor, nn
 
 from mlip import keys
-
-
-class UnknownElementError(ValueError):
-    """A structure holds an element that the model was not trained on."""
+from mlip.errors import UnknownElementError, unknown_elements
 
 
 class Potential(nn.Module):
@@ -73,13 +70,8 @@ class Potential(nn.Module):
         """Atomic numbers ``[N]`` -> species indices ``[N]``; unknown elements raise."""
         idx = self.species_index[z.clamp(0, 118)]
         if bool((idx < 0).any()) or bool((z > 118).any()):
-            unknown = sorted({int(v) for v in z[(idx < 0) | (z > 118)].tolist()})
-            names = ", ".join(
-                f"{chemical_symbols[v] if 0 < v <= 118 else '?'} (Z={v})" for v in unknown
-            )
-            raise UnknownElementError(
-                f"element {names} is not known to this model, which knows {', '.join(self.elements)}"
-            )
+            unknown = {int(v) for v in z[(idx < 0) | (z > 118)].tolist()}
+            raise UnknownElementError(unknown_elements(unknown, self.elements))
         return idx
 
     def isolated_atom_output(self) -> Tensor:

@@ -1,15 +1,13 @@
 """Simulation with an ASE calculator: relaxation, molecular dynamics and evaluation on data."""
 
-from mlip.sim.io import INPUT_ERRORS, StructureFileError, read_structure
+from mlip.sim.io import read_structure
 from mlip.sim.md import MDResult, run_md
 from mlip.sim.relax import RelaxResult, RelaxStep, relax
 
 __all__ = [
-    "INPUT_ERRORS",
     "MDResult",
     "RelaxResult",
     "RelaxStep",
-    "StructureFileError",
     "read_structure",
     "relax",
     "run_md",

@@ -10,15 +10,12 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase.data import chemical_symbols
 from torch_geometric.data import Batch
 
 from mlip import keys
-from mlip.data.graph import MIN_DISTANCE, GeometryError, atoms_to_graph
-from mlip.nn.potential import Potential, UnknownElementError
-
-UNITS = {"energy": "meV/atom", "forces": "meV/Å", "stress": "meV/Å³"}
-"""Units of the errors in tables (predictions themselves stay in eV, eV/Å, eV/Å³)."""
+from mlip.data.graph import MIN_DISTANCE, atoms_to_graph
+from mlip.errors import GeometryError, UnknownElementError, unknown_elements
+from mlip.nn.potential import Potential
 
 _TO_MILLI = 1000.0
 
@@ -69,11 +66,7 @@ def check_elements(frames: Sequence[Atoms], potential: Potential, where: str) ->
     found = {int(z) for atoms in frames for z in np.unique(atoms.numbers)}
     unknown = sorted(found - set(potential.species.tolist()))
     if unknown:
-        names = ", ".join(chemical_symbols[z] for z in unknown)
-        raise UnknownElementError(
-            f"{where}: element {names} is not known to this model, which knows "
-            f"{', '.join(potential.elements)}"
-        )
+        raise UnknownElementError(f"{where}: {unknown_elements(unknown, potential.elements)}")
 
 
 def is_labelled(atoms: Atoms) -> bool:
@@ -163,13 +156,13 @@ def errors(pred: Predictions) -> dict:
 def format_table(rows: dict[str, dict]) -> str:
     """Rows ``{label: errors(...)}`` as an aligned text table with units in the header."""
     header = ["", "frames"]
-    for name in UNITS:
+    for name in keys.ERROR_UNITS:
         header += [f"{name} MAE", f"{name} RMSE"]
-    units_row = ["", ""] + [f"[{u}]" for u in UNITS.values() for _ in range(2)]
+    units_row = ["", ""] + [f"[{u}]" for u in keys.ERROR_UNITS.values() for _ in range(2)]
     lines = [header, units_row]
     for label, row in rows.items():
         cells = [label, str(row.get("frames", ""))]
-        for name in UNITS:
+        for name in keys.ERROR_UNITS:
             err = row.get(name)
             cells += ["-", "-"] if err is None else [f"{err['mae']:.2f}", f"{err['rmse']:.2f}"]
         lines.append(cells)

@@ -19,31 +19,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io.cif import CIFBlock, parse_cif
 from ase.io.formats import string2index
 
-from mlip.calculator import NonFiniteOutputError
-from mlip.data.graph import GeometryError
-from mlip.data.readers import DataError
-from mlip.export import ModelFileError
-from mlip.nn.potential import UnknownElementError
-
-
-class StructureFileError(ValueError):
-    """A structure file that is missing, empty, unreadable, holds no atoms, or (a CIF) holds a
-    partly occupied site or two atom sites at one position."""
-
-
-INPUT_ERRORS = (
-    StructureFileError,
-    DataError,
-    ModelFileError,
-    UnknownElementError,
-    GeometryError,
-    NonFiniteOutputError,
-    FileNotFoundError,
-    IsADirectoryError,
-    PermissionError,
-)
-"""Errors caused by what the user gave (files, elements, geometry): the commands report them in one
-line, without a traceback."""
+from mlip.errors import StructureFileError, one_line
 
 _PYMATGEN_FORMATS = ("cif", "vasp")
 
@@ -187,13 +163,6 @@ def _read_with_pymatgen(path: Path, ase_error: Exception) -> Atoms:
                 )
         return AseAtomsAdaptor.get_atoms(structure)
     raise StructureFileError(f"{path}: cannot parse: {ase_says}") from None
-
-
-def one_line(err: BaseException, limit: int = 300) -> str:
-    """``err`` as one line for the terminal: its first line, at most ``limit`` characters."""
-    lines = str(err).strip().splitlines()
-    text = " ".join(lines[0].split()) if lines else type(err).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def snapshot(atoms: Atoms, drop: Sequence[type] = ()) -> Atoms:

@@ -30,16 +30,16 @@ def residuals(pred: dict[str, Tensor], batch) -> dict[str, tuple[Tensor, Tensor,
     weight = batch[keys.WEIGHT]
     out = {}
     num_atoms = torch.bincount(graph_of_atom, minlength=num_graphs).to(weight.dtype)
-    mask = batch.has_energy.to(weight.dtype)
+    mask = batch[keys.HAS_ENERGY].to(weight.dtype)
     residual = (pred[keys.ENERGY] - batch[keys.ENERGY]) / num_atoms.clamp(min=1)
     out[keys.ENERGY] = (residual, mask, mask * weight)
     if keys.FORCES in pred:
-        mask = batch.has_forces.to(weight.dtype)[graph_of_atom, None].expand(-1, 3)
+        mask = batch[keys.HAS_FORCES].to(weight.dtype)[graph_of_atom, None].expand(-1, 3)
         residual = pred[keys.FORCES] - batch[keys.FORCES]
         atom_weight = weight[graph_of_atom, None] * mask
         out[keys.FORCES] = (residual.reshape(-1), mask.reshape(-1), atom_weight.reshape(-1))
     if keys.STRESS in pred:
-        mask = batch.has_stress.to(weight.dtype)[:, None].expand(-1, 9)
+        mask = batch[keys.HAS_STRESS].to(weight.dtype)[:, None].expand(-1, 9)
         residual = (pred[keys.STRESS] - batch[keys.STRESS]).reshape(num_graphs, 9)
         out[keys.STRESS] = (
             residual.reshape(-1),

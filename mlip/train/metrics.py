@@ -11,9 +11,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from mlip import keys
 from mlip.train.loss import QUANTITIES, WeightedLoss, residuals
 
-UNITS = {"energy": "meV_per_atom", "forces": "meV_per_A", "stress": "meV_per_A3"}
 """Unit suffix of each quantity's metric names (values are reported in meV, meV/Å, meV/Å³)."""
 
 
@@ -66,10 +66,10 @@ class ErrorSums:
             if weight_sum > 0:
                 value += loss.weights[name] * loss_sum / weight_sum
             if count > 0:
-                out[f"{name}_mae_{UNITS[name]}"] = 1000.0 * abs_sum / count
-                out[f"{name}_rmse_{UNITS[name]}"] = 1000.0 * (sq_sum / count) ** 0.5
+                out[f"{name}_mae_{keys.metric_unit(name)}"] = 1000.0 * abs_sum / count
+                out[f"{name}_rmse_{keys.metric_unit(name)}"] = 1000.0 * (sq_sum / count) ** 0.5
         out["loss"] = value
         return out
 
 
-__all__ = ["UNITS", "ErrorSums"]
+__all__ = ["ErrorSums"]

@@ -21,6 +21,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from mlip import keys
+from mlip.errors import NonFiniteLossError
 from mlip.nn.potential import Potential
 from mlip.train.ema import ExponentialMovingAverage
 from mlip.train.loss import WeightedLoss
@@ -29,10 +30,6 @@ from mlip.train.schedules import BudgetCosine
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], LRScheduler | ReduceLROnPlateau]
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training stopped after too many consecutive non-finite losses or gradients."""
 
 
 class PotentialModule(pl.LightningModule):
@@ -101,7 +98,7 @@ class PotentialModule(pl.LightningModule):
         return self.trainer.strategy.reduce(value, reduce_op="sum")
 
     def _predict(self, potential: Potential, batch, training: bool) -> dict[str, Tensor]:
-        stress = self.loss_fn.wants_stress() and bool(batch.has_stress.any())
+        stress = self.loss_fn.wants_stress() and bool(batch[keys.HAS_STRESS].any())
         with torch.enable_grad():
             return potential(batch, forces=True, stress=stress, create_graph=training)
 

@@ -19,13 +19,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-
-class RunDirectoryError(RuntimeError):
-    """The run directory cannot be used: not writable, or (:class:`RunDirectoryInUse`) taken."""
-
-
-class RunDirectoryInUse(RunDirectoryError):
-    """Another live process is training in the same run directory."""
+from mlip.errors import RunDirectoryError, RunDirectoryInUse
 
 
 def is_first_process() -> bool:

@@ -34,14 +34,15 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from mlip import keys
 from mlip.data.datamodule import AtomsDataModule
 from mlip.data.streaming import LMDBDataModule
-from mlip.export import save_model
+from mlip.errors import ConfigError, TrainingInterrupted, TrainingTerminated
+from mlip.export import load_checkpoint, remove_partial_checkpoints, save_model
 from mlip.nn.config import default_dtype
 from mlip.nn.potential import Potential
 from mlip.train import CONF_DIR
-from mlip.train.checkpoint import AtomicCheckpointIO, load_checkpoint, remove_partial_checkpoints
-from mlip.train.metrics import UNITS
+from mlip.train.checkpoint import AtomicCheckpointIO
 from mlip.train.module import PotentialModule
 from mlip.train.rundir import is_first_process, locked_run_dir, record_config
 
@@ -65,10 +66,6 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictCo
     """The config ``mlip train <overrides>`` would run (without the ``hydra`` node)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides))
-
-
-class ConfigError(ValueError):
-    """A config value of the wrong kind, found before any data is read."""
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -141,15 +138,6 @@ def train(cfg: DictConfig) -> TrainResult:
     with locked_run_dir(run_dir):
         record_config(cfg, run_dir)
         return _train(cfg, run_dir)
-
-
-class TrainingTerminated(RuntimeError):
-    """The run got SIGTERM; its last finished epoch is in ``checkpoints/last.ckpt``."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """The run got SIGINT (Ctrl+C) while fitting or testing; its last finished epoch is in
-    ``checkpoints/last.ckpt``."""
 
 
 def _train(cfg: DictConfig, run_dir: Path) -> TrainResult:
@@ -322,11 +310,11 @@ def _report_end(
         lines.append(
             f"{stage.capitalize()} errors ({frames} frames, EMA weights of the best epoch):"
         )
-        for name, unit in UNITS.items():
-            mae, rmse = errors.get(f"{name}_mae_{unit}"), errors.get(f"{name}_rmse_{unit}")
+        for name, unit in keys.ERROR_UNITS.items():
+            spelt = keys.metric_unit(name)
+            mae, rmse = errors.get(f"{name}_mae_{spelt}"), errors.get(f"{name}_rmse_{spelt}")
             if mae is not None:
-                pretty = unit.replace("_per_", "/").replace("A3", "Å³").replace("A", "Å")
-                lines.append(f"  {name:<7} MAE {mae:9.2f}  RMSE {rmse:9.2f}  {pretty}")
+                lines.append(f"  {name:<7} MAE {mae:9.2f}  RMSE {rmse:9.2f}  {unit}")
     loaded = datamodule.describe().get("num_bad_frames_loaded")
     if loaded:
         lines.append(f"  {loaded} bad frame(s) skipped while loading (see train.log)")
