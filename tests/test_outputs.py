@@ -57,6 +57,25 @@ def test_simulation_outputs_are_checked_before_the_work(
     assert not list(structure.parent.glob("si_*"))  # no default-named output either
 
 
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("out_folder/", "out_folder/: a folder name (-o/--output takes a file name)"),
+        ("relaxed", "relaxed: ASE cannot tell a structure format it writes from this name"),
+        ("relaxed.nosuchformat", "ASE cannot tell a structure format it writes from this name"),
+    ],
+)
+def test_relax_output_name_ase_cannot_write_is_refused_first(
+    name, message, places, model_file, capsys, monkeypatch
+):
+    structure, _, _ = places
+    monkeypatch.chdir(structure.parent)
+    status = cli.main(["relax", str(structure), "--model", str(model_file), "-o", name])
+    text = one_line_error(capsys, "relax")
+    assert status == 1 and message in text
+    assert "FIRE" not in text  # refused before the relaxation started
+
+
 def test_relax_of_several_structures_checks_every_output_first(places, model_file, capsys):
     structure, blocker, _ = places
     status = cli.main(

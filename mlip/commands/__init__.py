@@ -34,7 +34,9 @@ def writable_dir(path: str | os.PathLike, option: str) -> Path:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as err:
-        raise OutputError(f"{path}: cannot write there ({option}): {err.strerror or err}") from err
+        raise OutputError(
+            f"{path}: cannot create files there ({option}): {err.strerror or err}"
+        ) from err
     return path
 
 

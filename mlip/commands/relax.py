@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from mlip.commands import add_model_options, writable_file
-from mlip.errors import INPUT_ERRORS, one_line, report_errors
+from mlip.errors import INPUT_ERRORS, OutputError, one_line, report_errors
 
 PROG = "mlip relax"
 
@@ -81,7 +82,10 @@ def _run(args: argparse.Namespace) -> int:
                 return 2
     several = len(paths) > 1
     for path in paths:  # every output is checked before any work, too
-        writable_file(_output_path(path, args.output, several)[0], "-o/--output")
+        output, out_fmt = _output_path(path, args.output, several)
+        if not several and args.output and args.output.endswith(("/", os.sep)):
+            raise OutputError(f"{args.output}: a folder name (-o/--output takes a file name)")
+        _check_format(writable_file(output, "-o/--output"), out_fmt)
         if args.traj:
             writable_file(_traj_path(path, args.traj, several), "--traj")
     calc = MLIPCalculator(
@@ -169,6 +173,21 @@ def _print_step(step) -> None:
     if step.smax_GPa is not None:
         line += f" {step.smax_GPa:11.4f}"
     print(line, flush=True)
+
+
+def _check_format(output: Path, fmt: str | None) -> None:
+    """Refuse an output name whose format (``fmt``, else guessed from the name) ASE cannot write."""
+    from ase.io.formats import UnknownFileTypeError, filetype, ioformats
+
+    try:
+        fmt = fmt or filetype(str(output), read=False)
+    except UnknownFileTypeError:
+        fmt = None
+    if fmt not in ioformats or not ioformats[fmt].can_write:
+        raise OutputError(
+            f"{output}: ASE cannot tell a structure format it writes from this name "
+            "(-o/--output): end it with .extxyz, .cif, .vasp, .xyz, ..."
+        )
 
 
 def _traj_path(path: Path, traj: str, several: bool) -> Path:
