@@ -47,7 +47,7 @@ class MLIPCalculator(Calculator):
             when some pair may have crossed that margin (about when an atom moved by ``skin / 2``).
             0 rebuilds it every step.
         min_distance: smallest allowed interatomic distance, Å; closer atoms raise
-            :class:`~mlip.data.graph.AtomsTooCloseError` naming them (0 disables the check).
+            :class:`~mlip.errors.AtomsTooCloseError` naming them (0 disables the check).
         stress: compute stress with every calculation on periodic cells (default), or only when
             asked for (``False``; saves a little time in NVE/NVT MD).
 

@@ -1,8 +1,8 @@
 """``mlip data stats|check|convert|preprocess``: dataset tools on the command line.
 
-Thin: parses arguments, calls :mod:`mlip.data.passes` and :mod:`mlip.data.convert` and reports. Errors are one line
-``mlip data: error: ...`` with exit status 1 (2 for bad usage); ``check`` exits 1 when it finds
-bad frames or outliers.
+Thin: parses arguments, calls :mod:`mlip.data.passes` and :mod:`mlip.data.convert` and reports.
+Errors are one line ``mlip data: error: ...`` with exit status 1 (2 for bad usage); ``check`` exits
+1 when it finds bad frames or outliers.
 """
 
 from __future__ import annotations

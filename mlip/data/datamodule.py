@@ -2,7 +2,7 @@
 
 All data is read, checked and turned into graphs in :meth:`AtomsDataModule.setup`, before any
 training step: a missing label, a malformed frame, NaN forces or an element that only the test set
-holds stops the run with a :class:`~mlip.data.readers.DataError` naming the file and frame, or,
+holds stops the run with a :class:`~mlip.errors.DataError` naming the file and frame, or,
 with ``on_error="skip"``, leaves that frame out and counts it (:meth:`AtomsDataModule.describe`
 lists the first few). For data too large to hold in memory see :mod:`mlip.data.streaming`.
 """
@@ -128,8 +128,9 @@ class AtomsDataModule(SplitDataModule):
         dtype: ``"float32"`` or ``"float64"``, the dtype of positions and labels.
         min_distance: a frame with two atoms closer than this (Å) is bad (0: no check).
         on_error: ``"raise"``: a bad frame (unreadable, a required label missing, NaN or inf, no
-            atoms, no graph, two atoms closer than ``min_distance``, an element of the validation/test set the training set lacks) stops
-            :meth:`setup` with a :class:`DataError` naming file and frame; ``"skip"``: it is left
+            atoms, no graph, two atoms closer than ``min_distance``, an element of the
+            validation/test set the training set lacks) stops :meth:`setup` with a
+            :class:`DataError` naming file and frame; ``"skip"``: it is left
             out and counted (``describe()["num_bad_frames"]``, the first few named in the log
             and in ``describe()["bad_frames"]``). A file that stops parsing skips its remaining
             frames as one bad entry.

@@ -123,7 +123,7 @@ def iter_atoms(
     """``(where, labelled atoms)`` for every frame ``index`` selects from ``path`` (as
     ``ase.io.read`` takes it, ``":"`` for all), or ``(where, DataError)`` for a bad one, so that a
     pass can go on past it; a file that cannot be parsed any further ends with one
-    :class:`~mlip.data.readers.UnreadableRest` for the rest of the file. A file with no frames at
+    :class:`~mlip.errors.UnreadableRest` for the rest of the file. A file with no frames at
     all (selecting all of it) raises :class:`DataError`."""
     unknown = sorted(set(required) - set(LABELS))
     if unknown:

@@ -11,10 +11,11 @@ over the training frames, or over a seeded sample of them (``stats_max_frames``)
 Bad frames (unreadable, a required label missing, NaN or inf, no atoms, two atoms closer than
 ``min_distance``, an element outside the species) are found by reading them: before training for
 every frame the statistics pass reads (with ``stats_max_frames=None`` that pass also checks the
-validation and test frames, so nothing is read unchecked), else when a loader reads them. ``on_error="raise"`` stops with a
-:class:`~mlip.data.readers.DataError` naming file and frame; ``"skip"`` leaves the frame out and
-counts it: found before training, it is dropped from its split; found by a loader, it is dropped
-from its batch. :meth:`LMDBDataModule.describe` gives the count and names the first few.
+validation and test frames, so nothing is read unchecked), else when a loader reads them.
+``on_error="raise"`` stops with a :class:`~mlip.errors.DataError` naming file and frame;
+``"skip"`` leaves the frame out and counts it: found before training, it is dropped from its
+split; found by a loader, it is dropped from its batch. :meth:`LMDBDataModule.describe` gives the
+count and names the first few.
 
 Loaders are plain map-style ``DataLoader`` s with the default samplers, so Lightning's
 ``DistributedSampler`` gives each DDP rank its own shard of every split.

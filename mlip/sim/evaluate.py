@@ -85,7 +85,7 @@ def predict(
     :mod:`mlip.data.readers` gives them; frames without labels are left out).
 
     A frame with two atoms closer than ``min_distance`` Å (or no graph) raises
-    :class:`~mlip.data.graph.GeometryError` starting ``"frame k: "`` (its position in ``frames``).
+    :class:`~mlip.errors.GeometryError` starting ``"frame k: "`` (its position in ``frames``).
     """
     device = potential.e0.device
     dtype = potential.e0.dtype

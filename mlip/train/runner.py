@@ -127,7 +127,7 @@ def build_potential(cfg: DictConfig, datamodule: DataModule) -> Potential:
 def train(cfg: DictConfig) -> TrainResult:
     """Train, test and export as ``cfg`` says; returns the trained module and the model path.
 
-    Raises :class:`~mlip.train.rundir.RunDirectoryInUse` if another live process trains in
+    Raises :class:`~mlip.errors.RunDirectoryInUse` if another live process trains in
     ``cfg.run_dir``, :class:`TrainingTerminated` on SIGTERM and :class:`TrainingInterrupted` on
     SIGINT (Ctrl+C) while fitting or testing.
     """
