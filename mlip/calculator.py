@@ -17,15 +17,9 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
-from torch_geometric.data import Data
 
 from mlip import keys
-from mlip.data.graph import (
-    MIN_DISTANCE,
-    local_coordinates,
-    neighbour_list,
-    too_close,
-)
+from mlip.data.graph import MIN_DISTANCE, charge_spin, neighbour_list, pairs_to_graph, too_close
 from mlip.errors import NonFiniteOutputError, UnknownElementError, unknown_elements
 from mlip.nn.potential import Potential
 
@@ -117,7 +111,7 @@ class MLIPCalculator(Calculator):
         want_stress = periodic_cell and (self.always_stress or "stress" in properties)
 
         i, j, shifts = self._pairs(atoms)
-        graph = self._graph(atoms, i, j, shifts)
+        graph = pairs_to_graph(atoms, i, j, shifts, self.dtype).to(self.device)
         out = self.potential(graph, forces=True, stress=want_stress, create_graph=False)
         energy = float(out[keys.ENERGY].detach().sum())
         finite = [bool(out[k].isfinite().all()) for k in (keys.ENERGY, keys.FORCES)]
@@ -143,7 +137,7 @@ class MLIPCalculator(Calculator):
         """ASE's system changes, plus ``"info"`` when the total charge or spin changed (ASE does
         not compare ``atoms.info``, and a cached energy for another charge would be wrong)."""
         changes = super().check_state(atoms, tol)
-        if self.atoms is not None and _charge_spin(atoms) != _charge_spin(self.atoms):
+        if self.atoms is not None and charge_spin(atoms) != charge_spin(self.atoms):
             changes.append("info")
         return changes
 
@@ -154,7 +148,8 @@ class MLIPCalculator(Calculator):
             raise UnknownElementError(unknown_elements(unknown, self.elements))
 
     def _pairs(self, atoms: Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Pairs ``(i, j, shifts)`` within the cutoff, from the Verlet list (rebuilt if stale)."""
+        """Pairs ``(i, j, shifts)`` within the cutoff, from the Verlet list (rebuilt if stale),
+        after the minimum-distance check on their distances."""
         if self._verlet is None or not self._verlet.valid_for(atoms):
             self._verlet = _VerletList(atoms, self.cutoff, self.skin)
             self.neighbour_list_builds += 1
@@ -163,32 +158,6 @@ class MLIPCalculator(Calculator):
         if error is not None:
             raise error
         return i, j, shifts
-
-    def _graph(self, atoms: Atoms, i: np.ndarray, j: np.ndarray, shifts: np.ndarray) -> Data:
-        """One-structure batch with the fields of :mod:`mlip.keys`, built without a new search
-        (positions as :func:`~mlip.data.graph.local_coordinates` gives them)."""
-        device, dtype = self.device, self.dtype
-        n = len(atoms)
-        charge, spin = _charge_spin(atoms)
-        positions, shifts = local_coordinates(atoms, i, j, shifts)
-        return Data(
-            pos=torch.tensor(positions, dtype=dtype, device=device),
-            z=torch.tensor(atoms.numbers, dtype=torch.long, device=device),
-            batch=torch.zeros(n, dtype=torch.long, device=device),
-            cell=torch.tensor(atoms.cell.array, dtype=dtype, device=device).unsqueeze(0),
-            pbc=torch.tensor(atoms.pbc, dtype=torch.bool, device=device).unsqueeze(0),
-            edge_index=torch.from_numpy(np.stack([j, i])).to(device),
-            shifts=torch.from_numpy(shifts).to(device=device, dtype=dtype),
-            charge=torch.tensor([charge], dtype=dtype, device=device),
-            spin=torch.tensor([spin], dtype=dtype, device=device),
-            num_nodes=n,
-        )
-
-
-def _charge_spin(atoms: Atoms) -> tuple[float, float]:
-    """Total charge (e) and spin multiplicity of ``atoms``, read as
-    :func:`~mlip.data.graph.atoms_to_graph` reads them (defaults 0 and 1)."""
-    return float(atoms.info.get(keys.CHARGE, 0.0)), float(atoms.info.get(keys.SPIN, 1.0))
 
 
 class _VerletList:

@@ -6,7 +6,7 @@
    0.01 Å Gaussian displacements (labels copied: this measures the pipeline, not physics). Rows
    are written in ``ase-db-backends``' own layout (zlib-compressed ASE JSON under ids 1..n, plus
    ``nextid``) straight through ``lmdb``; only the positions are re-encoded per row.
-2. One epoch of the training loader of ``mlip.data.streaming.LMDBDataModule`` (what
+2. One epoch of the training loader of ``mlip.data.datamodule.DataModule`` with ``stream=True`` (what
    ``mlip train data=lmdb`` reads through: ``LMDBDataset`` -> checked graphs -> batches; batch 32,
    shuffled, cutoff 5 Å, float32, statistics from a seeded sample of ``STATS_SAMPLE`` frames,
    timed apart) per (size, workers in 0 and 2), each in a fresh subprocess: frames/s, time per
@@ -103,11 +103,12 @@ def epoch(folder: Path, workers: int, batch_size: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)  # the shuffle
-    from mlip.data.streaming import LMDBDataModule
+    from mlip.data.datamodule import DataModule
 
     start = time.perf_counter()
-    datamodule = LMDBDataModule(
-        folder, CUTOFF, val_fraction=0.0, test_fraction=0.0, stats_max_frames=STATS_SAMPLE,
+    datamodule = DataModule(
+        folder, CUTOFF, val_fraction=0.0, test_fraction=0.0, stream=True,
+        stats_max_frames=STATS_SAMPLE,
         batch_size=batch_size, num_workers=workers, dtype="float32", progress=False,
     )  # fmt: skip
     datamodule.setup("fit")
@@ -151,7 +152,7 @@ def step_time(folder: Path, batch_size: int, threads: int, repeats: int = 3) -> 
     from torch_geometric.data import Batch
 
     import mlip
-    from mlip.data.lmdb import LMDBDataset
+    from mlip.data.sources import LMDBDataset
     from mlip.nn import Facet
 
     torch.manual_seed(0)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from mlip.data.datamodule import AtomsDataModule
+from mlip.data.datamodule import DataModule
 from mlip.data.records import LabelKeys
+from mlip.data.stats import is_isolated
 from mlip.errors import DataError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,15 +20,15 @@ GAP = ROOT / "data/si_gap18_tiny/Si_tiny.xyz"
 SMALL = "57:77"  # 20 small Si frames (12-96 atoms)
 
 
-def module(**kwargs) -> AtomsDataModule:
-    kwargs = {"train": SI, "cutoff": 3.0, "index": SMALL, **kwargs}
-    dm = AtomsDataModule(**kwargs)
+def module(**kwargs) -> DataModule:
+    kwargs = {"train": SI, "cutoff": 3.0, "index": SMALL, "progress": False, **kwargs}
+    dm = DataModule(**kwargs)
     dm.setup("fit")
     return dm
 
 
 def positions(split) -> set[bytes]:
-    return {atoms.positions.tobytes() for atoms in split.frames}
+    return {graph.pos.numpy().tobytes() for graph in split}
 
 
 def test_seeded_fraction_split_is_disjoint_complete_and_reproducible():
@@ -58,8 +59,8 @@ def test_isolated_atoms_give_e0_and_are_not_trained_on():
     dm = module(
         train=GAP, index=":", label_keys=keys, cutoff=5.0, val_fraction=0.1, test_fraction=0.0
     )
-    assert len(dm.isolated) == 1
-    assert all(len(atoms) > 1 or atoms.pbc.any() for atoms in dm.splits["train"].frames)
+    assert dm.statistics.num_isolated == 1
+    assert not any(is_isolated(graph) for graph in dm.splits["train"])
     assert sum(len(s) for s in dm.splits.values()) == 52
     assert dm.statistics.e0 == [pytest.approx(-158.54496821)]
     assert dm.statistics.e0_source == "isolated"
@@ -147,7 +148,9 @@ def test_element_only_in_test_set_is_rejected(tmp_path):
     odd.numbers[0] = 32  # Ge
     odd.calc.atoms.numbers[0] = 32
     ase.io.write(tmp_path / "test.xyz", [frames[3], odd])
-    with pytest.raises(DataError, match="test.xyz, frame 1: element Ge of the test set"):
+    with pytest.raises(
+        DataError, match=r"test.xyz, frame 1: element\(s\) Ge not among the species \(Si\)"
+    ):
         module(train=tmp_path / "train.xyz", test=tmp_path / "test.xyz", index=":")
     dm = module(
         train=tmp_path / "train.xyz", test=tmp_path / "test.xyz", index=":", on_error="skip"

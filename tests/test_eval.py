@@ -121,3 +121,14 @@ def test_mlip_eval_refuses_atoms_on_top_of_each_other(model_file, tmp_path, caps
         f"mlip eval: error: {data}, frame 3: atoms 2 (Si) and 6 (Si) are 0.000 Å apart, "
         "closer than the minimum distance 0.5 Å"
     )
+
+
+def test_mlip_eval_refuses_a_file_without_labels(model_file, tmp_path, capsys):
+    data = tmp_path / "bare.extxyz"
+    ase.io.write(data, [rattled_silicon(1), rattled_silicon(2)])
+    status = eval_command.main([str(data), "--model", str(model_file), "--no-plots"])
+    assert status == 1
+    assert capsys.readouterr().err.strip() == (
+        f"mlip eval: error: {data}: no frame has energy, forces or stress labels "
+        "(looked for 'energy', 'forces', 'stress')"
+    )

@@ -53,7 +53,7 @@ import torch
 import mlip.cli
 import mlip.commands.train
 import mlip.train.runner
-from mlip.data.datamodule import AtomsDataModule
+from mlip.data.datamodule import DataModule
 from mlip.train.module import PotentialModule
 
 STEPS = int(sys.argv[1])  # optimizer steps per epoch
@@ -78,7 +78,7 @@ def before(cls, name, hook):
 
 def arm(phase):
     if phase == "sigint-data":  # Ctrl+C while the data are read
-        before(AtomsDataModule, "setup", lambda *args: kill(signal.SIGINT))
+        before(DataModule, "setup", lambda *args: kill(signal.SIGINT))
     elif phase == "sigint-fit-start":  # Ctrl+C once Lightning has started the fit
         before(PotentialModule, "on_fit_start", lambda *args: kill(signal.SIGINT))
     elif phase in ("first-batch", "mid-epoch"):  # SIGKILL as a training batch starts

@@ -11,9 +11,9 @@ from ase import units
 from ase.stress import voigt_6_to_full_3x3_stress
 
 from mlip.data.mptrj import KBAR_VASP_TO_EV_A3, is_mptrj
-from mlip.data.passes import scan_files
 from mlip.data.readers import read_frames
 from mlip.data.records import LabelKeys
+from mlip.data.stats import scan_files
 from mlip.errors import DataError
 
 pymatgen = pytest.importorskip("pymatgen.core")  # an optional dependency: MPtrj only

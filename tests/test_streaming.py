@@ -18,11 +18,10 @@ from torch.utils.data import DistributedSampler, RandomSampler, SequentialSample
 from torch_geometric.data import Data
 
 import mlip
-import mlip.data.lmdb as lmdb_module
 from mlip.data.convert import convert, preprocess
-from mlip.data.datamodule import AtomsDataModule
-from mlip.data.lmdb import LMDBDataset
-from mlip.data.streaming import SKIPPED, LMDBDataModule
+from mlip.data.datamodule import SKIPPED, DataModule
+from mlip.data.readers import IndexedFrames
+from mlip.data.sources import LMDBDataset
 from mlip.errors import DataError
 from mlip.train.runner import compose, train
 
@@ -35,21 +34,21 @@ SI = SAMPLES / "zuo2020_Si_train_first32.aselmdb"
 CUTOFF = 4.0
 
 
-def streaming(**kwargs) -> LMDBDataModule:
-    kwargs = {"train": SAMPLES, "cutoff": CUTOFF, "progress": False, **kwargs}
-    dm = LMDBDataModule(**kwargs)
+def streaming(**kwargs) -> DataModule:
+    kwargs = {"train": SAMPLES, "cutoff": CUTOFF, "progress": False, "stream": True, **kwargs}
+    dm = DataModule(**kwargs)
     dm.setup("fit")
     return dm
 
 
-def frame_ids(dm: LMDBDataModule, name: str) -> set[int]:
+def frame_ids(dm: DataModule, name: str) -> set[int]:
     return set(dm.splits[name].indices.tolist())
 
 
 def write_bad(path: Path, kinds: dict[int, str], count: int = 8, first: int = 0) -> Path:
     """``count`` 3BPA frames as an aselmdb file, frame ``i`` spoiled as ``kinds[i]`` says."""
     with LMDBDataset(BPA, CUTOFF) as sample:
-        frames = [sample.get_atoms(i) for i in range(first, first + count)]
+        frames = [sample.frames[i] for i in range(first, first + count)]
     db = ase.db.connect(str(path), type="aselmdb", use_lock_file=False)
     for i, atoms in enumerate(frames):
         kind = kinds.get(i)
@@ -68,9 +67,9 @@ def write_bad(path: Path, kinds: dict[int, str], count: int = 8, first: int = 0)
 
 def test_split_is_seeded_disjoint_and_reads_no_frame(monkeypatch):
     reads = []
-    get_atoms = lmdb_module.LMDBDataset.get_atoms
+    read = IndexedFrames.__getitem__
     monkeypatch.setattr(
-        lmdb_module.LMDBDataset, "get_atoms", lambda self, i: reads.append(i) or get_atoms(self, i)
+        IndexedFrames, "__getitem__", lambda self, i: reads.append(i) or read(self, i)
     )
     dm = streaming(val_fraction=0.2, test_fraction=0.1, split_seed=3, stats_max_frames=5)
     assert len(reads) == 5  # the statistics sample; splitting read nothing
@@ -125,7 +124,7 @@ def test_statistics_and_split_match_the_in_memory_module(as_xyz, tmp_path):
     for extra in ({}, {"isolated_atoms": isolated}):
         common = {"cutoff": CUTOFF, "val_fraction": 0.2, "test_fraction": 0.1, "split_seed": 3}
         common |= {"dtype": "float64", **extra}
-        memory = AtomsDataModule(train=as_xyz, **common)
+        memory = DataModule(train=as_xyz, **common)
         memory.setup()
         stream = streaming(train=[BPA, SI], **common)
         expected, got = memory.statistics, stream.statistics
@@ -135,7 +134,7 @@ def test_statistics_and_split_match_the_in_memory_module(as_xyz, tmp_path):
         assert got.avg_num_neighbors == pytest.approx(expected.avg_num_neighbors, rel=1e-12)
         assert got.scale == pytest.approx(expected.scale, rel=1e-10)
         for name in ("train", "val", "test"):
-            energies = [a.get_potential_energy() for a in memory.splits[name].frames]
+            energies = [float(g.energy) for g in memory.splits[name]]
             loaded = torch.cat([b.energy for b in getattr(stream, f"{name}_dataloader")()])
             assert sorted(loaded.tolist()) == sorted(energies), name
     assert got.e0[0] == -13.6 and got.e0_source == "mixed"
@@ -231,7 +230,7 @@ def test_train_from_the_bundled_sample_with_data_lmdb(tmp_path, monkeypatch):
     cfg = compose(tiny(tmp_path / "run", "data.val_fraction=0.5", "data.test_fraction=0.25"))
     assert cfg.data.cutoff == 3.0
     result = train(cfg)
-    assert isinstance(result.datamodule, LMDBDataModule)
+    assert isinstance(result.datamodule, DataModule) and result.datamodule.stream
     assert result.trainer.global_step == 4  # 16 training frames, batch 4
     assert result.metrics["test"]["energy_mae_meV_per_atom"] > 0
     potential = mlip.load_model(result.model_path)

@@ -187,7 +187,7 @@ _COMMANDS = {"stats": _stats, "check": _check, "convert": _convert, "preprocess"
 
 
 def _scan(args: argparse.Namespace, on_error: str):
-    from mlip.data.passes import scan_files
+    from mlip.data.stats import scan_files
 
     return scan_files(
         args.files,
@@ -228,13 +228,14 @@ def _summary(args: argparse.Namespace, stats) -> str:
         lines.append(
             f"energy per atom (eV): min {e['min']:.6g}, mean {e['mean']:.6g}, max {e['max']:.6g}"
         )
-        e0 = ", ".join(f"{symbol(z)} {v:.6g}" for z, v in sorted(stats.e0.items()))
-        lines.append(f"E0 (eV, least squares): {e0}; residual RMS {stats.e0_residual_rms:.4g} eV")
+        e0 = ", ".join(f"{symbol(z)} {v:.6g}" for z, v in zip(stats.species, stats.e0, strict=True))
+        source = stats.e0_source.replace("_", " ")
+        lines.append(f"E0 (eV, {source}): {e0}; residual RMS {stats.e0_residual_rms:.4g} eV")
     if stats.force_norm:
         f = ", ".join(f"{k} {v:.4g}" for k, v in stats.force_norm.items())
         lines.append(f"|F| (eV/Å): {f}; force RMS {stats.force_rms:.4g}")
     lines.append(
-        f"neighbours within {args.cutoff:g} Å: {stats.mean_num_neighbours:.4g} per atom; "
+        f"neighbours within {args.cutoff:g} Å: {stats.avg_num_neighbors:.4g} per atom; "
         f"closest pair {stats.min_distance:.4g} Å"
     )
     lines.append(

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from mlip import keys
-from mlip.commands import add_model_options, writable_dir, writable_file
+from mlip.commands import add_model_options
 from mlip.errors import GeometryError, report_errors
+from mlip.outputs import writable_dir, writable_file
 
 PROG = "mlip eval"
 
@@ -56,9 +57,9 @@ def _run(args: argparse.Namespace) -> int:
     from mlip.models import default_model_path
     from mlip.sim.evaluate import (
         check_elements,
+        check_labelled,
         errors,
         format_table,
-        is_labelled,
         parity_plots,
         predict,
     )
@@ -84,13 +85,7 @@ def _run(args: argparse.Namespace) -> int:
     datasets = {}
     for name in args.data:
         frames = read_frames(name, index=args.index, keys=label_keys, required=())
-        if not any(a.calc is not None for a in frames):
-            print(
-                f"{PROG}: error: {name}: no frame has energy, forces or stress labels "
-                f"(looked for {args.energy_key!r}, {args.forces_key!r}, {args.stress_key!r})",
-                file=sys.stderr,
-            )
-            return 1
+        check_labelled(frames, name, label_keys)
         check_elements(frames, potential, name)
         datasets[name] = frames
 
@@ -106,11 +101,7 @@ def _run(args: argparse.Namespace) -> int:
         groups = pred.groups
         if groups != ["-"]:
             rows.update({f"  {group}": errors(pred.select(group)) for group in groups})
-        labelled = [a for a in frames if is_labelled(a)]
-        unlabelled = len(frames) - len(labelled)
-        left_out = f" ({unlabelled} without labels left out)" if unlabelled else ""
-        atoms_count = sum(len(a) for a in labelled)
-        print(f"\n{name}: {len(labelled)} frames{left_out}, {atoms_count} atoms")
+        print(f"\n{name}: {pred.summary()}")
         print(format_table(rows))
         report["files"][name] = {label.strip(): row for label, row in rows.items()}
         if not args.no_plots:

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from mlip.commands import writable_file
 from mlip.errors import OutputError
 from mlip.export import load_checkpoint, potential_from_checkpoint, save_model
+from mlip.outputs import writable_file
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from mlip.commands import add_model_options, writable_file
+from mlip.commands import add_model_options
 from mlip.errors import UnknownElementError, report_errors
+from mlip.outputs import writable_file
 
 PROG = "mlip md"
 

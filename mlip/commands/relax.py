@@ -7,8 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from mlip.commands import add_model_options, writable_file
+from mlip.commands import add_model_options
 from mlip.errors import INPUT_ERRORS, OutputError, one_line, report_errors
+from mlip.outputs import writable_file
 
 PROG = "mlip relax"
 

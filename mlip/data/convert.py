@@ -15,8 +15,9 @@ import torch
 from ase import Atoms
 
 from mlip.data.lmdb import GraphLMDBWriter
-from mlip.data.passes import _bar, file_graphs, iter_atoms
+from mlip.data.readers import records
 from mlip.data.records import BadFrames, LabelKeys, OnError
+from mlip.data.sources import bar, file_graphs
 from mlip.errors import DataError
 
 
@@ -40,21 +41,21 @@ def convert(
         raise DataError(f"{target}: exists (remove it, or pass --overwrite)")
     if source.resolve() == target.resolve():
         raise DataError(f"{target}: same file as the input")
-    bad = BadFrames()
+    bad = BadFrames(on_error)
     partial = target.with_name(target.name + ".partial")
     partial.unlink(missing_ok=True)
     written = 0
     try:
         with _FrameWriter(partial, target.suffix) as writer:
-            records = iter_atoms(source, keys, required=())
-            for where, atoms in _bar(records, progress, source.name):
+            frames = records(source, keys=keys, required=())
+            for where, atoms in bar(frames, progress, source.name):
                 if isinstance(atoms, DataError):
-                    bad.add(atoms, on_error)
+                    bad.add(atoms)
                     continue
                 try:
                     writer.write(atoms)
                 except Exception as err:
-                    bad.add(DataError(f"{where}: cannot write: {err!r}"), on_error)
+                    bad.add(DataError(f"{where}: cannot write: {err!r}"))
                     continue
                 written += 1
     except BaseException:
@@ -79,12 +80,10 @@ def preprocess(
 ) -> tuple[int, BadFrames]:
     """Build the graphs of ``paths`` once and store them in the graph cache ``target``
     (read it with :class:`~mlip.data.lmdb.GraphLMDBDataset`). Returns graphs written and bad frames."""
-    bad = BadFrames()
+    bad = BadFrames(on_error)
     writer = GraphLMDBWriter(target)
     try:
-        graphs = file_graphs(
-            paths, cutoff, keys, required, dtype, None, 0, on_error, bad, elements, progress
-        )
+        graphs = file_graphs(paths, cutoff, keys, required, dtype, None, 0, bad, elements, progress)
         for where, graph in graphs:
             writer.append(graph, where)
     except BaseException:

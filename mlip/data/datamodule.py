@@ -1,10 +1,26 @@
-"""Lightning DataModule: read and check every file, split, build graphs, compute statistics, batch.
+"""The Lightning DataModule: data files -> splits -> checks and statistics -> batches.
 
-All data is read, checked and turned into graphs in :meth:`AtomsDataModule.setup`, before any
-training step: a missing label, a malformed frame, NaN forces or an element that only the test set
-holds stops the run with a :class:`~mlip.errors.DataError` naming the file and frame, or,
-with ``on_error="skip"``, leaves that frame out and counts it (:meth:`AtomsDataModule.describe`
-lists the first few). For data too large to hold in memory see :mod:`mlip.data.streaming`.
+One DataModule over two frame sources. ``stream=False`` reads every file (any format
+:func:`mlip.data.readers.records` reads) into graphs in memory. ``stream=True`` holds frame
+indices into ASE-LMDB files (graphs are built as loaders read them, in their workers) or into a
+graph cache (``mlip data preprocess``), so memory stays flat as the data grows. Either way:
+
+- Splits: validation and test frames come from their own files when given, else from a seeded
+  permutation of the training frames (test first, then validation).
+- Statistics (:class:`~mlip.data.stats.DatasetStatistics`: E0s, mean neighbour count, force RMS)
+  come from one pass over the training split, or over a seeded sample of ``stats_max_frames``.
+- Isolated atoms (one atom, no neighbour within the cutoff: :func:`~mlip.data.stats.is_isolated`)
+  that the passes before training meet give their element's E0 and leave their split, as do the
+  frames of ``isolated_atoms``; the other elements' E0s are fitted by least squares.
+- Bad frames (unreadable, a required label missing, NaN or inf, no atoms, two atoms closer than
+  ``min_distance``, an element outside the species) are found by reading them: before training
+  for every frame the passes read (all of them unless ``stats_max_frames`` is set), else when a
+  loader reads them. ``on_error="raise"`` stops with a :class:`~mlip.errors.DataError` naming
+  file and frame; ``"skip"`` leaves the frame out and counts it (found before training, it leaves
+  its split; found by a loader, its batch). :meth:`DataModule.describe` counts and names them.
+
+Loaders are plain map-style ``DataLoader`` s with the default samplers, so Lightning's
+``DistributedSampler`` gives each DDP rank its own shard of every split.
 """
 
 from __future__ import annotations
@@ -12,67 +28,245 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from ase import Atoms
-from ase.data import chemical_symbols
 from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import Batch, Data
 
-from mlip.data.graph import MIN_DISTANCE, atoms_to_graph
-from mlip.data.passes import iter_atoms
+from mlip.data.graph import MIN_DISTANCE
 from mlip.data.records import BadFrames, LabelKeys, OnError
-from mlip.data.stats import DatasetStatistics, compute_statistics, is_isolated_atom
-from mlip.errors import AtomsTooCloseError, DataError
+from mlip.data.sources import (
+    allowed_elements,
+    check_graph,
+    dataset_graphs,
+    file_graphs,
+    open_indexed,
+)
+from mlip.data.stats import DatasetStatistics, StatisticsPass, is_isolated
+from mlip.errors import DataError
 
 Paths = str | os.PathLike | Sequence[str | os.PathLike]
 SHOWN = 10
-"""Bad frames listed by name in the log and in ``describe()`` (all are counted)."""
+"""Bad frames named in the log and in ``describe()`` (all are counted)."""
+SKIPPED = "skipped_frames"
+"""Batch attribute through which a loader's collate passes the bad frames it dropped."""
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Split:
-    """Frames of one split with where each came from (``"file, frame k"``) and their graphs."""
+class DataModule(pl.LightningDataModule):
+    """Train/validation/test graphs of data files, in memory or streamed (see the module doc).
 
-    frames: list[Atoms]
-    sources: list[str]
-    graphs: list[Data]
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    def select(self, keep: Sequence[int]) -> Split:
-        """The frames at positions ``keep``."""
-        return Split(
-            [self.frames[k] for k in keep],
-            [self.sources[k] for k in keep],
-            [self.graphs[k] for k in keep],
-        )
-
-
-class SplitDataModule(pl.LightningDataModule):
-    """Loaders over the ``"train"``, ``"val"`` and ``"test"`` splits a subclass builds in ``setup``.
-
-    Subclasses set ``batch_size``, ``eval_batch_size``, ``shuffle``, ``num_workers`` and
-    ``splits`` (``len()`` per split) and give :meth:`dataset`; :attr:`collate` makes the batch.
-    Loaders are plain map-style, so Lightning's ``DistributedSampler`` shards them under DDP.
+    Args:
+        train: training file(s). In memory: any format :func:`~mlip.data.readers.records`
+            reads. Streamed: ``.aselmdb`` files and/or folders of them, or one graph cache
+            (``.lmdb``, written by ``mlip data preprocess`` with the same cutoff).
+        cutoff: neighbour cutoff, Å.
+        val: validation file(s) (as ``train``), or None to split ``val_fraction`` off ``train``.
+        test: test file(s) (as ``train``), or None to split ``test_fraction`` off ``train``.
+        val_fraction: fraction of the training frames held out for validation (without ``val``).
+        test_fraction: fraction of the training frames held out for testing (without ``test``).
+        split_seed: seed of the random split.
+        isolated_atoms: file(s) of isolated-atom frames (any readable format) giving E0s.
+        species: atomic numbers the model knows; None: the elements of the training frames the
+            statistics pass reads (and of the isolated atoms). A frame with another is bad.
+        label_keys: names of the labels in the files (default :class:`LabelKeys`).
+        required: labels every frame must have (among energy, forces, stress, charge, spin).
+        index: frames read from each file, as ``ase.io.read`` takes it (``":"``, ``":100"``);
+            in memory only.
+        stream: hold frame indices into ASE-LMDB files or a graph cache, not the frames.
+        stats_max_frames: None: the passes before training read every training frame (the
+            statistics) and every validation and test frame (the checks); a number: the
+            statistics come from a seeded sample of that many training frames, and the other
+            frames are checked as loaders read them.
+        stats_seed: seed of that sample.
+        min_distance: a frame with two atoms closer than this (Å) is bad (0: no check).
+        on_error: ``"raise"`` or ``"skip"`` a bad frame (see the module doc).
+        batch_size: structures per training batch (per process in data-parallel runs).
+        eval_batch_size: structures per validation/test batch (default ``2 * batch_size``).
+        shuffle: shuffle the training set every epoch.
+        num_workers: data-loading worker processes (streamed: graphs are built there).
+        dtype: ``"float32"`` or ``"float64"``, the dtype of positions and labels.
+        progress: progress bars while reading and during the passes.
     """
 
-    batch_size: int
-    eval_batch_size: int
-    shuffle: bool
-    num_workers: int
-    splits: dict
-    collate = staticmethod(Batch.from_data_list)
+    def __init__(
+        self,
+        train: Paths,
+        cutoff: float,
+        val: Paths | None = None,
+        test: Paths | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_seed: int = 0,
+        isolated_atoms: Paths | None = None,
+        species: Sequence[int] | None = None,
+        label_keys: LabelKeys | None = None,
+        required: Sequence[str] = ("energy", "forces"),
+        index: str = ":",
+        stream: bool = False,
+        stats_max_frames: int | None = None,
+        stats_seed: int = 0,
+        min_distance: float = MIN_DISTANCE,
+        on_error: OnError = "raise",
+        batch_size: int = 4,
+        eval_batch_size: int | None = None,
+        shuffle: bool = True,
+        num_workers: int = 0,
+        dtype: str = "float32",
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0.0 <= fraction < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {fraction}")
+        if val_fraction + test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must be below 1")
+        if stats_max_frames is not None and stats_max_frames < 1:
+            raise ValueError(f"stats_max_frames must be None or positive, got {stats_max_frames}")
+        if stream and index != ":":
+            raise ValueError(f"index={index!r} selects frames read into memory (stream=false)")
+        self.paths = {
+            "train": _as_paths(train),
+            "val": _as_paths(val),
+            "test": _as_paths(test),
+            "isolated_atoms": _as_paths(isolated_atoms),
+        }
+        self.cutoff = float(cutoff)
+        self.fractions = {"test": float(test_fraction), "val": float(val_fraction)}
+        self.split_seed = int(split_seed)
+        self.given_species = sorted({int(z) for z in species}) if species is not None else None
+        self.label_keys = label_keys or LabelKeys()
+        self.required = tuple(required)
+        self.index = index
+        self.stream = bool(stream)
+        self.stats_max_frames = stats_max_frames
+        self.stats_seed = int(stats_seed)
+        self.min_distance = float(min_distance)
+        self.on_error = on_error
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or 2 * batch_size)
+        self.shuffle = bool(shuffle)
+        self.num_workers = int(num_workers)
+        self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        self.progress = bool(progress)
+        self.splits: dict[str, FrameIndex] = {}
+        self.bad = BadFrames(on_error, keep=SHOWN)  # found before training
+        self.loaded_bad = _SeenBad()  # dropped from batches by this process's loaders
+        self.statistics: DatasetStatistics | None = None
 
-    def dataset(self, name: str) -> Dataset | Sequence:
-        """What the loader of split ``name`` indexes."""
-        raise NotImplementedError
+    # -- splits, passes and statistics ----------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        """Open, split, the passes before training and the statistics (once; later calls do
+        nothing)."""
+        if self.statistics is not None:
+            return
+        sources = {name: self._open(name) for name in ("train", "val", "test") if self.paths[name]}
+        train = sources["train"]
+        order = np.random.default_rng(self.split_seed).permutation(len(train))
+        for name, fraction in self.fractions.items():  # test first, then val
+            if name in sources:
+                self.splits[name] = self._index(sources[name], np.arange(len(sources[name])))
+                continue
+            n = int(round(fraction * len(train)))
+            if fraction > 0 and n == 0 and len(order) > 1:
+                n = 1
+            self.splits[name], order = self._index(train, np.sort(order[:n])), order[n:]
+        if not len(order):
+            raise DataError(f"{self._names('train')}: no frames left for training after the split")
+        self.splits["train"] = self._index(train, np.sort(order), self.given_species)
+
+        accumulator = StatisticsPass()
+        self._pass("train", self.stats_max_frames, accumulator)
+        isolated = self._isolated_energies() | accumulator.isolated  # the training frames' win
+        seen = set(np.flatnonzero(accumulator.counts).tolist()) | set(isolated)
+        species = self.given_species or sorted(seen)
+        self.splits["train"].species = species  # loaders check training frames against them too
+        for name in ("val", "test"):
+            self.splits[name].species = species
+            if self.stats_max_frames is None:
+                isolated = self._pass(name).isolated | isolated
+        if not len(self.splits["train"]):
+            raise DataError(
+                f"{self._names('train')}: no training frames left (all bad or isolated atoms)"
+            )
+        if not accumulator.num_energies and seen - set(isolated):
+            raise DataError(f"{self._names('train')}: no frame has an energy: cannot fit E0s")
+        if self.bad.count:
+            _log_bad(self.bad.count, self.bad.messages, "before training")
+        self.statistics = accumulator.result(species, isolated)
+        self.teardown()
+
+    def teardown(self, stage: str | None = None) -> None:
+        """Close this process's connections to the files (the next read reopens them): LMDB
+        opens a file once per process, so an open one would keep other readers out."""
+        for split in self.splits.values():
+            if hasattr(split.source, "close"):
+                split.source.close()
+
+    def _open(self, name: str) -> Dataset:
+        """The frame source of split ``name``: its graphs in memory, or an indexed dataset."""
+        paths = self.paths[name]
+        if self.stream:
+            return open_indexed(paths, self.cutoff, self.label_keys, self.dtype, self.required)
+        graphs = file_graphs(
+            paths, self.cutoff, self.label_keys, self.required, self.dtype, bad=self.bad,
+            progress=self.progress, index=self.index,
+        )  # fmt: skip
+        return MemoryGraphs(graphs)
+
+    def _index(
+        self, source: Dataset, indices: np.ndarray, species: Sequence[int] | None = None
+    ) -> FrameIndex:
+        return FrameIndex(source, indices, species, self.required, self.on_error, self.min_distance)
+
+    def _isolated_energies(self) -> dict[int, float]:
+        """E0s from the files of ``isolated_atoms`` (their frames must be isolated atoms)."""
+        accumulator = StatisticsPass()
+        paths = self.paths["isolated_atoms"]
+        graphs = file_graphs(
+            paths, self.cutoff, self.label_keys, ("energy",), progress=self.progress
+        )
+        for where, graph in graphs:
+            if not is_isolated(graph):
+                raise DataError(f"{where}: not an isolated atom (one atom, no neighbour within "
+                                f"{self.cutoff:g} Å)")  # fmt: skip
+            accumulator.add(graph, where)
+        return accumulator.isolated
+
+    def _pass(
+        self, name: str, max_frames: int | None = None, accumulator: StatisticsPass | None = None
+    ) -> StatisticsPass:
+        """Read the frames of split ``name`` (or a seeded sample of ``max_frames``) before
+        training: bad ones raise or leave the split, as do isolated atoms, whose energies the
+        returned pass holds; the others go to ``accumulator``."""
+        split, bad = self.splits[name], BadFrames(self.on_error)
+        accumulator = accumulator or StatisticsPass()
+        leave = []
+        graphs = dataset_graphs(
+            split.raising(), max_frames, self.stats_seed, bad,
+            progress=self.progress, desc="statistics" if name == "train" else f"checking {name}",
+        )  # fmt: skip
+        for position, where, graph in graphs:
+            if is_isolated(graph):
+                leave.append(position)
+            if is_isolated(graph) or name == "train":
+                accumulator.add(graph, where)
+        self.bad.count += bad.count
+        self.bad.unreadable += bad.unreadable
+        self.bad.messages += bad.messages[: self.bad.keep - len(self.bad.messages)]
+        split.indices = np.delete(split.indices, bad.indices + leave)
+        split.checked = max_frames is None
+        return accumulator
+
+    def _names(self, name: str) -> str:
+        return ", ".join(self.paths[name])
+
+    # -- loaders --------------------------------------------------------------------------------
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, self.shuffle)
@@ -86,10 +280,10 @@ class SplitDataModule(pl.LightningDataModule):
     def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
         self.setup()
         return DataLoader(
-            self.dataset(name),
+            self.splits[name],
             batch_size=batch_size,
             shuffle=shuffle,
-            collate_fn=self.collate,
+            collate_fn=collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
@@ -99,216 +293,185 @@ class SplitDataModule(pl.LightningDataModule):
         self.setup()
         return len(self.splits[name]) > 0
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count (and log the first few of) the bad frames a loader dropped from ``batch``."""
+        if isinstance(batch, Data) and SKIPPED in batch:
+            for message in batch[SKIPPED]:
+                if self.loaded_bad.add(message) and self.loaded_bad.count <= SHOWN:
+                    log.warning("skipped bad frame (on_error=skip): %s", message)
+            del batch[SKIPPED]
+        return batch
 
-class AtomsDataModule(SplitDataModule):
-    """Train/validation/test graphs from labelled structure files.
+    def describe(self) -> dict:
+        """Plain summary of the data (files, frame counts, split, bad frames) for metadata."""
+        self.setup()
+        held = {name: not self.paths[name] for name in ("val", "test")}
+        bad = self.bad.messages[:SHOWN] + self.loaded_bad.messages
+        out = {
+            "train_files": list(self.paths["train"]),
+            "val_files": list(self.paths["val"]),
+            "test_files": list(self.paths["test"]),
+            "isolated_atom_files": list(self.paths["isolated_atoms"]),
+            "stream": self.stream,
+            "index": self.index,
+            "split_seed": self.split_seed,
+            "val_fraction": self.fractions["val"] if held["val"] else None,
+            "test_fraction": self.fractions["test"] if held["test"] else None,
+            "cutoff": self.cutoff,
+            "min_distance": self.min_distance,
+            "statistics_frames": self.statistics.num_frames,
+            "stats_max_frames": self.stats_max_frames,
+            "stats_seed": self.stats_seed,
+            "num_isolated_atoms": self.statistics.num_isolated,
+            "e0_residual_rms_eV": self.statistics.e0_residual_rms,
+            "on_error": self.on_error,
+            "num_bad_frames": self.bad.count + self.loaded_bad.count,
+            "num_bad_frames_loaded": self.loaded_bad.count,
+            "bad_frames": bad[:SHOWN],
+        }
+        for name, split in self.splits.items():
+            out[f"num_{name}_frames"] = len(split)
+        return out
 
-    Validation and test sets come from their own files when given, else from a seeded random
-    split of the training files (test first, then validation). Isolated-atom frames (see
-    :func:`mlip.data.stats.is_isolated_atom`) in the training files, and all frames of
-    ``isolated_atoms``, give per-element E0s and are not trained on; the other elements' E0s are
-    fitted by least squares. The statistics (:attr:`statistics`) come from the training split only.
 
-    Args:
-        train: training file(s); any format :func:`mlip.data.readers.iter_frames` reads.
-        cutoff: neighbour cutoff, Å.
-        val: validation file(s), or None to split ``val_fraction`` off the training files.
-        test: test file(s), or None to split ``test_fraction`` off the training files.
-        val_fraction: fraction of training frames held out for validation (without ``val``).
-        test_fraction: fraction of training frames held out for testing (without ``test``).
-        split_seed: seed of the random split.
-        isolated_atoms: file(s) of isolated-atom frames giving E0s, or None.
-        label_keys: names of the labels in the files (default :class:`LabelKeys`).
-        required: labels every frame must have (from :data:`mlip.data.readers.LABELS`).
-        index: frames to read from each file, as ``ase.io.read`` takes it (``":"``, ``":100"``).
-        batch_size: structures per training batch (per process in data-parallel runs).
-        eval_batch_size: structures per validation/test batch (default ``2 * batch_size``).
-        shuffle: shuffle the training set every epoch.
-        num_workers: data-loading worker processes.
-        dtype: ``"float32"`` or ``"float64"``, the dtype of positions and labels.
-        min_distance: a frame with two atoms closer than this (Å) is bad (0: no check).
-        on_error: ``"raise"``: a bad frame (unreadable, a required label missing, NaN or inf, no
-            atoms, no graph, two atoms closer than ``min_distance``, an element of the
-            validation/test set the training set lacks) stops :meth:`setup` with a
-            :class:`DataError` naming file and frame; ``"skip"``: it is left
-            out and counted (``describe()["num_bad_frames"]``, the first few named in the log
-            and in ``describe()["bad_frames"]``). A file that stops parsing skips its remaining
-            frames as one bad entry.
+class MemoryGraphs(Dataset):
+    """The ``(where, graph)`` pairs of a pass, held in memory: ``dataset[i]`` is graph ``i``."""
+
+    def __init__(self, graphs: Any) -> None:
+        self.sources, self.graphs = [], []
+        for where, graph in graphs:
+            self.sources.append(where)
+            self.graphs.append(graph)
+
+    def __len__(self) -> int:
+        return len(self.graphs)
+
+    def __getitem__(self, index: int) -> Data:
+        return self.graphs[index]
+
+    def describe(self, index: int) -> str:
+        """Where graph ``index`` comes from (``"file, frame k"``)."""
+        return self.sources[index]
+
+
+class Skipped:
+    """A bad frame in a loader's output (``on_error="skip"``): what was wrong, and where."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def collate(items: list[Data | Skipped]) -> Batch:
+    """A ``torch_geometric`` batch of the good graphs of ``items``; the messages of the
+    :class:`Skipped` ones ride along as ``batch.skipped_frames`` for the DataModule to count."""
+    graphs = [item for item in items if isinstance(item, Data)]
+    skipped = [item.message for item in items if isinstance(item, Skipped)]
+    if not graphs:
+        raise DataError(
+            f"all {len(items)} frames of a batch are bad, the first: {skipped[0]}. Find bad frames "
+            "before training with `mlip data check` or data.stats_max_frames=null"
+        )
+    batch = Batch.from_data_list(graphs)
+    if skipped:
+        batch[SKIPPED] = skipped
+    return batch
+
+
+class FrameIndex(Dataset):
+    """Frames ``indices`` of a frame source (a split's dataset), checked as they are read.
+
+    ``split[i]`` is the graph of frame ``indices[i]`` of ``source`` after :func:`check_graph`
+    (skipped once a pass before training has read every frame: ``checked``); a bad frame raises
+    :class:`DataError` (``on_error="raise"``) or comes back as a :class:`Skipped` that
+    :func:`collate` drops. Holds the index array, never a frame of a streamed source, so it
+    pickles small for workers and DDP.
     """
 
     def __init__(
         self,
-        train: Paths,
-        cutoff: float,
-        val: Paths | None = None,
-        test: Paths | None = None,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        split_seed: int = 0,
-        isolated_atoms: Paths | None = None,
-        label_keys: LabelKeys | None = None,
-        required: Sequence[str] = ("energy", "forces"),
-        index: str = ":",
-        batch_size: int = 4,
-        eval_batch_size: int | None = None,
-        shuffle: bool = True,
-        num_workers: int = 0,
-        dtype: str = "float32",
-        min_distance: float = MIN_DISTANCE,
-        on_error: OnError = "raise",
+        source: Dataset,
+        indices: np.ndarray,
+        species: Sequence[int] | None,
+        required: Sequence[str],
+        on_error: OnError,
+        min_distance: float = 0.0,
     ) -> None:
-        super().__init__()
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0.0 <= fraction < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {fraction}")
-        if val_fraction + test_fraction >= 1.0:
-            raise ValueError("val_fraction + test_fraction must be below 1")
-        self.train_paths = _as_paths(train)
-        self.val_paths = _as_paths(val)
-        self.test_paths = _as_paths(test)
-        self.isolated_paths = _as_paths(isolated_atoms)
-        self.cutoff = float(cutoff)
-        self.val_fraction = float(val_fraction)
-        self.test_fraction = float(test_fraction)
-        self.split_seed = int(split_seed)
-        self.label_keys = label_keys or LabelKeys()
+        self.source = source
+        # int32 where it will do: at 10^8 frames the index is 400 MB, not 800 MB, per process
+        self.indices = np.asarray(indices, dtype=np.int32 if len(source) < 2**31 else np.int64)
+        self.species = species
         self.required = tuple(required)
-        self.index = index
-        self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size or 2 * batch_size)
-        self.shuffle = bool(shuffle)
-        self.num_workers = int(num_workers)
-        self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        self.min_distance = float(min_distance)
         self.on_error = on_error
-        self.bad = BadFrames(keep=SHOWN)
-        self.splits: dict[str, Split] = {}
-        self.isolated: list[Atoms] = []
-        self.statistics: DatasetStatistics | None = None
+        self.min_distance = float(min_distance)
+        self.checked = False
 
-    # -- reading and checking -------------------------------------------------------------------
+    @property
+    def species(self) -> list[int] | None:
+        return self._species
 
-    def setup(self, stage: str | None = None) -> None:
-        """Read, check, split and convert everything (once; later calls do nothing)."""
-        if self.statistics is not None:
-            return
-        frames, sources = self._read(self.train_paths, self.required)
-        isolated = [k for k, atoms in enumerate(frames) if is_isolated_atom(atoms, self.cutoff)]
-        self.isolated = [frames[k] for k in isolated]
-        if self.isolated_paths:
-            self.isolated += self._read(self.isolated_paths, ("energy",))[0]
-        keep = sorted(set(range(len(frames))) - set(isolated))
-        frames, sources = [frames[k] for k in keep], [sources[k] for k in keep]
-        if not frames:
-            raise DataError(f"{_names(self.train_paths)}: no training frames (isolated atoms only)")
+    @species.setter
+    def species(self, species: Sequence[int] | None) -> None:
+        self._species = sorted(int(z) for z in species) if species is not None else None
+        self._allowed = allowed_elements(self._species)
 
-        parts = {"test": self.test_paths, "val": self.val_paths}
-        fractions = {"test": self.test_fraction, "val": self.val_fraction}
-        order = np.random.default_rng(self.split_seed).permutation(len(frames))
-        held: dict[str, tuple[list[Atoms], list[str]]] = {}
-        for name in ("test", "val"):
-            if parts[name]:
-                held[name] = self._read(parts[name], self.required)
-                continue
-            n = int(round(fractions[name] * len(frames)))
-            if fractions[name] > 0 and n == 0 and len(order) > 1:
-                n = 1
-            chosen, order = order[:n], order[n:]
-            held[name] = ([frames[k] for k in chosen], [sources[k] for k in chosen])
-        rest = sorted(order.tolist())
-        held["train"] = ([frames[k] for k in rest], [sources[k] for k in rest])
-        if not held["train"][0]:
-            raise DataError(
-                f"{_names(self.train_paths)}: no frames left for training after the split"
-            )
+    def __len__(self) -> int:
+        return len(self.indices)
 
-        for name in ("train", "val", "test"):
-            self.splits[name] = self._split(*held[name])
-        if not self.splits["train"].frames:
-            raise DataError(f"{_names(self.train_paths)}: no training frames left (all bad)")
-        known = {
-            int(z) for atoms in self.splits["train"].frames + self.isolated for z in atoms.numbers
-        }
-        for name in ("val", "test"):
-            split, keep = self.splits[name], []
-            for k, (atoms, source) in enumerate(zip(split.frames, split.sources, strict=True)):
-                unknown = sorted(set(atoms.numbers.tolist()) - known)
-                if not unknown:
-                    keep.append(k)
-                    continue
-                symbols = ", ".join(chemical_symbols[z] for z in unknown)
-                error = f"{source}: element {symbols} of the {name} set is not in the training data"
-                self.bad.add(DataError(error), self.on_error)
-            self.splits[name] = split.select(keep)
-        if self.bad.count:
-            _log_bad(self.bad)
-        train = self.splits["train"]
-        self.statistics = compute_statistics(
-            train.frames,
-            [g.edge_index.shape[1] for g in train.graphs],
-            isolated=self.isolated,
+    def __getitem__(self, i: int) -> Data | Skipped:
+        try:
+            return self.load(i)
+        except DataError as err:
+            if self.on_error == "raise":
+                raise
+            return Skipped(str(err))
+
+    def load(self, i: int) -> Data:
+        """The checked graph of the ``i``-th frame of the split; a bad one raises DataError."""
+        index = int(self.indices[i])
+        graph = self.source[index]
+        if self.checked:
+            return graph
+        problem = check_graph(graph, self._allowed, self.required, self._species, self.min_distance)
+        if problem:
+            raise DataError(f"{self.source.describe(index)}: {problem}")
+        return graph
+
+    def describe(self, i: int) -> str:
+        """Where the ``i``-th frame of the split comes from (``"file, frame k"``)."""
+        return self.source.describe(int(self.indices[i]))
+
+    def raising(self) -> FrameIndex:
+        """This split with ``on_error="raise"`` (for passes that apply the policy themselves)."""
+        return FrameIndex(
+            self.source, self.indices, self.species, self.required, "raise", self.min_distance
         )
 
-    def _read(self, paths: list[str], required: Sequence[str]) -> tuple[list[Atoms], list[str]]:
-        """The good frames of ``paths`` and where each came from; bad ones go to ``self.bad``."""
-        frames, sources = [], []
-        for path in paths:
-            for source, atoms in iter_atoms(path, self.label_keys, required, self.index):
-                error = atoms if isinstance(atoms, DataError) else _frame_problem(atoms, source)
-                if error is not None:
-                    self.bad.add(error, self.on_error)
-                    continue
-                frames.append(atoms)
-                sources.append(source)
-        return frames, sources
 
-    def _split(self, frames: list[Atoms], sources: list[str]) -> Split:
-        """The frames whose graphs could be built, with those graphs."""
-        split = Split([], [], [])
-        for atoms, source in zip(frames, sources, strict=True):
-            try:
-                graph = atoms_to_graph(atoms, self.cutoff, self.dtype, True, self.min_distance)
-            except AtomsTooCloseError as err:
-                self.bad.add(DataError(f"{source}: {err} (data.min_distance)"), self.on_error)
-                continue
-            except (ValueError, RuntimeError) as err:
-                error = DataError(f"{source}: cannot build its graph: {err}")
-                self.bad.add(error, self.on_error)
-                continue
-            split.frames.append(atoms)
-            split.sources.append(source)
-            split.graphs.append(graph)
-        return split
+class _SeenBad:
+    """Bad frames a loader dropped, counted once each however many epochs meet them."""
 
-    def dataset(self, name: str) -> list[Data]:
-        """The graphs of split ``name``."""
-        return self.splits[name].graphs
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.messages: list[str] = []
 
-    def describe(self) -> dict:
-        """Plain summary of the data (files, frame counts, split) for model-file metadata."""
-        self.setup()
-        out = {
-            "train_files": [str(p) for p in self.train_paths],
-            "val_files": [str(p) for p in self.val_paths],
-            "test_files": [str(p) for p in self.test_paths],
-            "isolated_atom_files": [str(p) for p in self.isolated_paths],
-            "index": self.index,
-            "split_seed": self.split_seed,
-            "val_fraction": self.val_fraction if not self.val_paths else None,
-            "test_fraction": self.test_fraction if not self.test_paths else None,
-            "cutoff": self.cutoff,
-            "min_distance": self.min_distance,
-            "num_isolated_atoms": len(self.isolated),
-            "on_error": self.on_error,
-            "num_bad_frames": self.bad.count,
-            "bad_frames": self.bad.messages[:SHOWN],
-        }
-        for name, split in self.splits.items():
-            out[f"num_{name}_frames"] = len(split)
-            out[f"num_{name}_atoms"] = int(sum(len(a) for a in split.frames))
-        return out
+    @property
+    def count(self) -> int:
+        return len(self.seen)
+
+    def add(self, message: str) -> bool:
+        """Note ``message``; True when it is new."""
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        if len(self.messages) < SHOWN:
+            self.messages.append(message)
+        return True
+
+
+def _log_bad(count: int, messages: list[str], when: str) -> None:
+    shown = "\n  ".join(messages[:SHOWN])
+    more = f"\n  ... and {count - SHOWN} more" if count > SHOWN else ""
+    log.warning("skipped %d bad frame(s) %s (on_error=skip):\n  %s%s", count, when, shown, more)
 
 
 def _as_paths(paths: Paths | None) -> list[str]:
@@ -319,24 +482,4 @@ def _as_paths(paths: Paths | None) -> list[str]:
     return [os.fspath(p) for p in paths]
 
 
-def _names(paths: list[str]) -> str:
-    return ", ".join(paths)
-
-
-def _frame_problem(atoms: Atoms, source: str) -> DataError | None:
-    """What makes a labelled frame unusable (non-finite positions or cell, no atoms), if anything."""
-    if not np.isfinite(atoms.positions).all() or not np.isfinite(atoms.cell.array).all():
-        return DataError(f"{source}: positions or cell contain NaN or inf")
-    if len(atoms) == 0:
-        return DataError(f"{source}: frame has no atoms")
-    return None
-
-
-def _log_bad(bad: BadFrames) -> None:
-    """Log how many frames were skipped as bad, naming the first :data:`SHOWN`."""
-    shown = "\n  ".join(bad.messages[:SHOWN])
-    more = f"\n  ... and {bad.count - SHOWN} more" if bad.count > SHOWN else ""
-    log.warning("skipped %d bad frame(s) (on_error=skip):\n  %s%s", bad.count, shown, more)
-
-
-__all__ = ["AtomsDataModule", "Split", "SplitDataModule"]
+__all__ = ["DataModule", "FrameIndex", "MemoryGraphs", "Skipped", "collate"]

@@ -144,31 +144,36 @@ def edge_lengths(graph: Data) -> np.ndarray:
     return np.linalg.norm(vectors, axis=1)
 
 
-def atoms_to_graph(
+def charge_spin(atoms: Atoms) -> tuple[float, float]:
+    """Total charge (e) and spin multiplicity (``2S + 1``) of ``atoms``, from ``atoms.info``
+    (defaults 0 and 1)."""
+    return float(atoms.info.get(keys.CHARGE, 0.0)), float(atoms.info.get(keys.SPIN, 1.0))
+
+
+def pairs_to_graph(
     atoms: Atoms,
-    cutoff: float,
+    i: np.ndarray,
+    j: np.ndarray,
+    shifts: np.ndarray,
     dtype: torch.dtype | None = None,
-    labels: bool = False,
     min_distance: float = 0.0,
 ) -> Data:
-    """One structure as a ``torch_geometric`` ``Data`` with the fields of :mod:`mlip.keys`.
+    """One structure as a ``torch_geometric`` ``Data`` with the unlabelled fields of
+    :mod:`mlip.keys`, from its pairs ``(i [E], j [E], shifts [E, 3])`` as :func:`neighbour_list`
+    gives them (found here or earlier, e.g. by a Verlet list): no neighbour search.
 
-    ``cutoff`` is in Å; ``dtype`` (default: torch's default) is used for positions, cell and
-    labels. Positions are those of :func:`local_coordinates` (periodic structures wrapped into
-    their cell, others centred). With ``labels=True`` energy (eV), forces (eV/Å), stress (eV/Å³),
-    charge and spin are read from ``atoms.calc.results`` and ``atoms.info``; absent ones are
-    zero-filled and flagged by ``has_energy`` / ``has_forces`` / ``has_stress`` ([1] bool).
-    Raises :class:`GeometryError` for a structure no graph can be built from and
+    Positions and shifts are those of :func:`local_coordinates` (computed in float64), then cast to
+    ``dtype`` (default: torch's default) with the cell, charge and spin. Raises
     :class:`AtomsTooCloseError` for two atoms closer than ``min_distance`` Å (0: no check).
     """
     dtype = dtype or torch.get_default_dtype()
-    i, j, shifts = neighbour_list(atoms, cutoff)
     positions, shifts = local_coordinates(atoms, i, j, shifts)
     if min_distance > 0:
         distances = np.linalg.norm(positions[j] - positions[i] + shifts @ atoms.cell.array, axis=1)
         error = too_close(atoms.numbers, i, j, distances, min_distance)
         if error is not None:
             raise error
+    charge, spin = charge_spin(atoms)
     data = Data(
         pos=torch.tensor(positions, dtype=dtype),
         z=torch.tensor(atoms.numbers, dtype=torch.long),
@@ -178,8 +183,32 @@ def atoms_to_graph(
         shifts=torch.from_numpy(shifts).to(dtype),
         num_nodes=len(atoms),
     )
-    data[keys.CHARGE] = torch.tensor([float(atoms.info.get(keys.CHARGE, 0.0))], dtype=dtype)
-    data[keys.SPIN] = torch.tensor([float(atoms.info.get(keys.SPIN, 1.0))], dtype=dtype)
+    data[keys.CHARGE] = torch.tensor([charge], dtype=dtype)
+    data[keys.SPIN] = torch.tensor([spin], dtype=dtype)
+    return data
+
+
+def atoms_to_graph(
+    atoms: Atoms,
+    cutoff: float,
+    dtype: torch.dtype | None = None,
+    labels: bool = False,
+    min_distance: float = 0.0,
+) -> Data:
+    """One structure as a ``torch_geometric`` ``Data`` with the fields of :mod:`mlip.keys`: its
+    :func:`neighbour_list` within ``cutoff`` Å through :func:`pairs_to_graph`.
+
+    ``dtype`` (default: torch's default) is used for positions, cell and labels. Positions are
+    those of :func:`local_coordinates` (periodic structures wrapped into their cell, others
+    centred). With ``labels=True`` energy (eV), forces (eV/Å), stress (eV/Å³), charge and spin are
+    read from ``atoms.calc.results`` and ``atoms.info``; absent ones are zero-filled and flagged by
+    ``has_energy`` / ``has_forces`` / ``has_stress`` ([1] bool). Raises :class:`GeometryError` for
+    a structure no graph can be built from and :class:`AtomsTooCloseError` for two atoms closer
+    than ``min_distance`` Å (0: no check).
+    """
+    dtype = dtype or torch.get_default_dtype()
+    i, j, shifts = neighbour_list(atoms, cutoff)
+    data = pairs_to_graph(atoms, i, j, shifts, dtype, min_distance)
     if labels:
         _attach_labels(data, atoms, dtype)
     return data

@@ -1,8 +1,7 @@
-"""Lazy torch datasets over LMDB files: ASE-LMDB frames (OMol25/OMat24) and cached graphs.
+"""LMDB files read by key: ASE-LMDB rows (OMol25/OMat24) by index, and the graph cache.
 
-Both datasets hold an index, never the frames: :class:`LMDBDataset` keeps per file a row-id range
-(an id array only where rows were deleted) and :class:`GraphLMDBDataset` only a count, so memory
-stays flat as a dataset grows. LMDB files are opened read-only on first access, once per process
+Both hold an index, never the frames: :class:`AseLmdbRows` keeps per file a row-id range and
+:class:`GraphLMDBDataset` only a count, so memory stays flat as a dataset grows. LMDB files are opened read-only on first access, once per process
 and file (:func:`read_value`): a forked ``DataLoader`` worker or a DDP rank opens its own
 connection, several datasets over the same file share one, and the memory-mapped pages an epoch
 reads do not pile up in the resident set.
@@ -32,9 +31,6 @@ from ase_db_backends.aselmdb import decode_bytestream
 from torch.utils.data import Dataset
 from torch_geometric.data import Data
 
-from mlip.data.graph import atoms_to_graph
-from mlip.data.readers import _labelled
-from mlip.data.records import LabelKeys
 from mlip.errors import DataError
 
 GRAPH_FORMAT = "mlip-graph-lmdb"
@@ -115,59 +111,26 @@ def aselmdb_files(paths: str | Path | Sequence[str | Path]) -> list[Path]:
     return files
 
 
-class LMDBDataset(Dataset):
-    """Frames of ASE-LMDB files (``.aselmdb``, fairchem's format) as graphs, read lazily.
+class AseLmdbRows:
+    """The rows of ASE-LMDB files (``.aselmdb``, fairchem's format), numbered across the files.
 
-    Parameters
-    ----------
-    paths
-        ``.aselmdb`` files and/or directories of them (each directory's files sorted by name);
-        frames are numbered across files in that order.
-    cutoff
-        Neighbour-list cutoff in Å.
-    keys
-        Names of the labels in the rows (:class:`~mlip.data.records.LabelKeys`).
-    dtype
-        Floating dtype of positions, cell and labels (default: torch's default at construction).
-    required
-        Labels every frame must have (a frame without one raises :class:`DataError`).
-
-    ``dataset[i]`` is :func:`~mlip.data.graph.atoms_to_graph` of frame ``i`` with ``labels=True``;
-    charge and spin come from ``row.data``. A bad frame raises :class:`DataError` naming file and
-    frame (its position in the file); the passes of :mod:`mlip.data.passes` stop there or, with
-    ``on_error="skip"``, count and skip it. The dataset pickles small (no frames, no open files),
-    for ``spawn`` workers and DDP.
+    ``paths`` are files and/or directories of them (each directory's files sorted by name). Holds
+    per file a row-id range (an id array only where rows were deleted), never a row, and pickles
+    small (no open files), for ``spawn`` workers and DDP. :meth:`atoms` reads one row as raw
+    ``ase.Atoms``; :class:`mlip.data.readers.IndexedFrames` labels it.
     """
 
-    def __init__(
-        self,
-        paths: str | Path | Sequence[str | Path],
-        cutoff: float,
-        keys: LabelKeys | None = None,
-        dtype: torch.dtype | None = None,
-        required: Sequence[str] = ("energy", "forces"),
-    ) -> None:
+    def __init__(self, paths: str | Path | Sequence[str | Path]) -> None:
         self.files = aselmdb_files(paths)
         self._resolved = [file.resolve() for file in self.files]
-        self.cutoff = float(cutoff)
-        self.keys = keys or LabelKeys()
-        self.dtype = dtype or torch.get_default_dtype()
-        self.required = tuple(required)
         self._ids = [_row_ids(file) for file in self._resolved]
         self._starts = np.cumsum([0] + [len(ids) for ids in self._ids])
 
     def __len__(self) -> int:
         return int(self._starts[-1])
 
-    def __getitem__(self, index: int) -> Data:
-        atoms = self.get_atoms(index)
-        try:
-            return atoms_to_graph(atoms, self.cutoff, dtype=self.dtype, labels=True)
-        except ValueError as err:
-            raise DataError(f"{self.describe(index)}: {err}") from err
-
     def locate(self, index: int) -> tuple[int, int]:
-        """``(file number, frame position in that file)`` of frame ``index``."""
+        """``(file number, row position in that file)`` of row ``index``."""
         index = int(index)
         if index < 0:
             index += len(self)
@@ -177,36 +140,28 @@ class LMDBDataset(Dataset):
         return k, index - int(self._starts[k])
 
     def describe(self, index: int) -> str:
-        """Where frame ``index`` comes from: ``"file, frame k"``."""
+        """Where row ``index`` comes from: ``"file, frame k"``."""
         k, position = self.locate(index)
         return f"{self.files[k]}, frame {position}"
 
-    def get_atoms(self, index: int) -> Atoms:
-        """Frame ``index`` as labelled ``ase.Atoms`` (row ``data`` and key-value pairs in info)."""
+    def atoms(self, index: int) -> Atoms:
+        """Row ``index`` as ``ase.Atoms`` (its ``key_value_pairs`` and ``data`` in ``info``)."""
         k, position = self.locate(index)
-        where = f"{self.files[k]}, frame {position}"
         row_id = int(self._ids[k][position])
         try:
             raw = read_value(self._resolved[k], str(row_id).encode("ascii"))
             if raw is None:
-                raise DataError(f"{where}: row id {row_id} missing")
-            atoms = _row_to_atoms(raw, row_id)
+                raise DataError(f"{self.describe(index)}: row id {row_id} missing")
+            return _row_to_atoms(raw, row_id)
         except DataError:
             raise
         except Exception as err:  # lmdb, zlib, JSON and ASE errors of a corrupt row
-            raise DataError(f"{where}: cannot read row {row_id}: {err!r}") from err
-        return _labelled(atoms, where, self.keys, self.required)
+            raise DataError(f"{self.describe(index)}: cannot read row {row_id}: {err!r}") from err
 
     def close(self) -> None:
         """Close this process's connections to the files (reopened on the next access)."""
         for file in self._resolved:
             close_environment(file)
-
-    def __enter__(self) -> LMDBDataset:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 def _row_ids(file: Path) -> range | np.ndarray:

@@ -26,7 +26,7 @@ from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from mlip.errors import DataError
+from mlip.errors import DataError, UnreadableRest
 
 ENERGY_LABELS = ("uncorrected_total_energy", "corrected_total_energy", "energy_per_atom")
 """Energy labels a frame may be read with; ``energy_per_atom`` is multiplied by the atom count."""
@@ -53,8 +53,10 @@ def is_mptrj(path: str | Path) -> bool:
 
 def iter_mptrj(
     path: str | Path, index: slice = slice(None), energy: str = "energy"
-) -> Iterator[tuple[Path, int, Atoms]]:
-    """Frames of an MPtrj JSON file as ``(path, frame number, atoms)``, in file order.
+) -> Iterator[tuple[str, Atoms | DataError]]:
+    """Frames of an MPtrj JSON file as ``("file, frame k", atoms)``, in file order; a bad frame
+    comes as a :class:`DataError` in place of its atoms, an unreadable file as one
+    :class:`UnreadableRest`.
 
     ``index`` selects by frame number (counting over all ``mp_id`` groups); ``energy`` is one of
     :data:`ENERGY_LABELS`, or ``"energy"`` for :data:`DEFAULT_ENERGY`.
@@ -62,25 +64,29 @@ def iter_mptrj(
     return _frames(Path(path), index, _energy_label(energy))
 
 
-def _frames(path: Path, index: slice, label: str) -> Iterator[tuple[Path, int, Atoms]]:
-
+def _frames(path: Path, index: slice, label: str) -> Iterator[tuple[str, Atoms | DataError]]:
     try:
         with open(path, encoding="utf-8") as handle:
             content = json.load(handle)
     except (OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot parse as JSON: {err}") from err
+        yield str(path), UnreadableRest(f"{path}: cannot parse as JSON: {err}")
+        return
     if not isinstance(content, dict) or not all(isinstance(v, dict) for v in content.values()):
-        raise DataError(f"{path}: not MPtrj JSON ({{mp_id: {{frame_id: frame}}}} expected)")
+        expected = "{mp_id: {frame_id: frame}} expected"
+        yield str(path), UnreadableRest(f"{path}: not MPtrj JSON ({expected})")
+        return
     entries = [(mp_id, frame_id) for mp_id, group in content.items() for frame_id in group]
     for number in range(len(entries))[index]:
         mp_id, frame_id = entries[number]
+        where = f"{path}, frame {number}"
         try:
             atoms = frame_to_atoms(content[mp_id][frame_id], label)
         except (ValueError, KeyError, TypeError) as err:
-            raise DataError(f"{path}, frame {number} ({mp_id} {frame_id}): {err}") from err
+            yield where, DataError(f"{where} ({mp_id} {frame_id}): {err}")
+            continue
         atoms.info["mp_id"] = mp_id
         atoms.info["frame_id"] = frame_id
-        yield path, number, atoms
+        yield where, atoms
 
 
 def frame_to_atoms(frame: dict[str, Any], energy: str = DEFAULT_ENERGY) -> Atoms:

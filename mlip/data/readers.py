@@ -14,11 +14,10 @@ energy label); other ``.json`` files are ASE JSON databases, read by ``ase.io``.
 from __future__ import annotations
 
 import sys
-from bisect import bisect_right
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack
+from contextlib import closing
 from io import StringIO
-from itertools import accumulate, count
+from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +26,12 @@ import ase.io
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.db.core import Database
 from ase.io.extxyz import read_xyz
 from ase.io.formats import filetype, string2index
 from ase.stress import full_3x3_to_voigt_6_stress
-from ase_db_backends.aselmdb import LMDBDatabase
 
 from mlip.data.extxyz import MalformedFrame, frame_texts
+from mlip.data.lmdb import AseLmdbRows
 from mlip.data.mptrj import is_mptrj, iter_mptrj
 from mlip.data.records import LabelKeys
 from mlip.errors import DataError, UnreadableRest, one_line
@@ -48,8 +46,43 @@ PLAUSIBLE = {"energy": 1e6, "forces": 1e5, "stress": 1e3}
 of the heaviest elements are below 8e5 eV/atom), max |force| (eV/Å) and max |stress component|
 (eV/Å³, 160,000 GPa). Larger values are read as errors, not data."""
 
+Record = tuple[str, "Atoms | DataError"]
+"""What the reading door yields: where a frame comes from (``"file, frame k"``, or the file for
+an error that ends it) and its labelled atoms, or what was wrong with it."""
+
 Index = int | slice | str
 """A frame selection as ``ase.io.read`` takes it: ``3``, ``-1``, ``":"``, ``"10:20:2"``, a slice."""
+
+
+def records(
+    path: str | Path,
+    index: Index = ":",
+    keys: LabelKeys | None = None,
+    required: Sequence[str] = ("energy", "forces"),
+) -> Iterator[Record]:
+    """The one reading door: ``(where, labelled atoms)`` for every frame ``index`` selects from
+    ``path``, or ``(where, DataError)`` for a bad one, so that a pass can go on past it.
+
+    ``where`` is ``"file, frame k"`` (k: the position in that file). ``keys`` names the labels in
+    the file (default :class:`LabelKeys`); ``required`` lists the canonical labels (from
+    :data:`LABELS`) every frame must have. A file that cannot be parsed any further ends with one
+    :class:`~mlip.errors.UnreadableRest` for the rest of it. The path, the arguments and an empty
+    file raise :class:`DataError` at once, as does a selection that finds nothing where a good
+    file could not (one integer index, or everything).
+    """
+    unknown = sorted(set(required) - set(LABELS))
+    if unknown:
+        raise ValueError(f"required labels must be among {LABELS}, got {unknown}")
+    path, keys, required = Path(path), keys or LabelKeys(), tuple(required)
+    if isinstance(index, str):
+        index = string2index(index)
+    selection = slice(index, index + 1 or None) if isinstance(index, int) else index
+    if path.is_dir() or path.suffix == ".aselmdb":
+        frames = _indexed_frames(IndexedFrames(path, keys, required), selection)
+    else:
+        check_file(path)
+        frames = _labelled_frames(path, selection, keys, required)
+    return _nonempty(frames, path, index)
 
 
 def iter_frames(
@@ -58,36 +91,12 @@ def iter_frames(
     keys: LabelKeys | None = None,
     required: Sequence[str] = ("energy", "forces"),
 ) -> Iterator[Atoms]:
-    """Lazily yield the frames ``index`` selects from ``path`` as labelled ``ase.Atoms``.
-
-    ``keys`` names the labels in the file (default :class:`LabelKeys`); ``required`` lists the
-    canonical labels (from :data:`LABELS`) every frame must have. The path, the arguments and an
-    empty file are checked at once; frame problems are raised while iterating. Error messages give
-    frame numbers as positions in the file (for a directory, in the file named).
-    """
-    unknown = sorted(set(required) - set(LABELS))
-    if unknown:
-        raise ValueError(f"required labels must be among {LABELS}, got {unknown}")
-    path = Path(path)
-    if isinstance(index, str):
-        index = string2index(index)
-    selection = slice(index, index + 1 or None) if isinstance(index, int) else index
-    if path.is_dir():
-        files = sorted(path.glob("*.aselmdb"))
-        if not files:
-            raise DataError(f"{path}: directory holds no *.aselmdb files")
-    else:
-        check_file(path)
-        files = [path]
-    keys = keys or LabelKeys()
-    if path.is_dir() or path.suffix in (".db", ".aselmdb"):
-        frames = _database_frames(files, selection)
-    elif path.suffix == ".json" and is_mptrj(path):
-        frames = iter_mptrj(path, selection, energy=keys.energy)
-        keys = LabelKeys()  # MPtrj labels come under canonical names; keys.energy chose one
-    else:
-        frames = _file_frames(path, selection)
-    return _labelled_frames(frames, path, index, keys, tuple(required))
+    """Lazily yield the frames of :func:`records`, raising the first bad one's
+    :class:`DataError`."""
+    for _, atoms in records(path, index, keys, required):
+        if isinstance(atoms, DataError):
+            raise atoms
+        yield atoms
 
 
 def read_frames(
@@ -112,6 +121,39 @@ def read_dataset(
     return [atoms for path in paths for atoms in iter_frames(path, index, keys, required)]
 
 
+class IndexedFrames:
+    """Labelled frames of ASE-LMDB files (and folders of them) by index, read on demand.
+
+    ``frames[i]`` is frame ``i`` (numbered across the files) as labelled ``ase.Atoms``; a bad
+    one raises :class:`DataError` naming file and frame (:meth:`describe`). Holds an index,
+    never a frame, and pickles small (see :class:`~mlip.data.lmdb.AseLmdbRows`).
+    """
+
+    def __init__(
+        self,
+        paths: str | Path | Sequence[str | Path],
+        keys: LabelKeys | None = None,
+        required: Sequence[str] = ("energy", "forces"),
+    ) -> None:
+        self.rows = AseLmdbRows(paths)
+        self.keys = keys or LabelKeys()
+        self.required = tuple(required)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> Atoms:
+        return _labelled(self.rows.atoms(index), self.describe(index), self.keys, self.required)
+
+    def describe(self, index: int) -> str:
+        """Where frame ``index`` comes from: ``"file, frame k"``."""
+        return self.rows.describe(index)
+
+    def close(self) -> None:
+        """Close this process's connections to the files (reopened on the next access)."""
+        self.rows.close()
+
+
 def check_file(path: Path) -> None:
     """Raise :class:`DataError` if ``path`` is missing, empty, or (unless a database) only
     whitespace."""
@@ -131,34 +173,62 @@ def _blank(path: Path) -> bool:
     return True
 
 
+def _indexed_frames(frames: IndexedFrames, selection: slice) -> Iterator[Record]:
+    with closing(frames):
+        for position in range(len(frames))[selection]:
+            try:
+                yield frames.describe(position), frames[position]
+            except DataError as err:
+                yield frames.describe(position), err
+
+
 def _labelled_frames(
-    frames: Iterator[tuple[Path, int, Atoms | DataError]],
-    path: Path,
-    index: int | slice,
-    keys: LabelKeys,
-    required: tuple[str, ...],
-) -> Iterator[Atoms]:
-    """Label every raw ``(file, frame number, atoms)``; an empty result is an error where the
-    selection could not be empty on a good file (one integer index, or everything)."""
-    empty = True
-    for file, frame, atoms in frames:
-        empty = False
+    path: Path, selection: slice, keys: LabelKeys, required: tuple[str, ...]
+) -> Iterator[Record]:
+    """Labelled frames of one file that is not ASE-LMDB, as ``(where, atoms | DataError)``."""
+    if path.suffix == ".db":
+        frames = _database_frames(path, selection)
+    elif path.suffix == ".json" and is_mptrj(path):
+        frames = iter_mptrj(path, selection, energy=keys.energy)
+        keys = LabelKeys()  # MPtrj labels come under canonical names; keys.energy chose one
+    else:
+        frames = _file_frames(path, selection)
+    return _label_each(frames, keys, required)
+
+
+def _label_each(
+    frames: Iterator[Record], keys: LabelKeys, required: tuple[str, ...]
+) -> Iterator[Record]:
+    for where, atoms in frames:
         if isinstance(atoms, DataError):
-            raise atoms
-        yield _labelled(atoms, f"{file}, frame {frame}", keys, required)
+            yield where, atoms
+            continue
+        try:
+            yield where, _labelled(atoms, where, keys, required)
+        except DataError as err:
+            yield where, err
+
+
+def _nonempty(frames: Iterator[Record], path: Path, index: int | slice) -> Iterator[Record]:
+    """``frames``; their end raises :class:`DataError` if there were none where a good file
+    could not have none (one integer index, or everything)."""
+    empty = True
+    for record in frames:
+        empty = False
+        yield record
     if empty and isinstance(index, int):
         raise DataError(f"{path}: no frame {index}")
     if empty and index == slice(None):
         raise DataError(f"{path}: contains no frames")
 
 
-def _file_frames(path: Path, index: slice) -> Iterator[tuple[Path, int, Atoms | DataError]]:
-    """Frames of a file ``ase.io`` reads, as ``(path, position in the file, atoms)``.
+def _file_frames(path: Path, index: slice) -> Iterator[Record]:
+    """Frames of a file ``ase.io`` reads, as ``(where, atoms | DataError)``.
 
-    A bad frame comes as a :class:`DataError` in place of its atoms. An extxyz file is split into
-    frames here (:func:`_xyz_frames`), so that reading goes on past a bad one; in other formats a
-    parse error ends the file with an :class:`UnreadableRest` (one that names no frame when it
-    comes before the first frame is returned: the whole file is unreadable).
+    An extxyz file is split into frames here (:func:`_xyz_frames`), so that reading goes on past a
+    bad one; in other formats a parse error ends the file with an :class:`UnreadableRest` (one
+    that names no frame when it comes before the first frame is returned: the whole file is
+    unreadable).
     """
     try:
         extxyz = filetype(str(path)) == "extxyz"
@@ -167,7 +237,11 @@ def _file_frames(path: Path, index: slice) -> Iterator[tuple[Path, int, Atoms | 
     if extxyz:
         yield from _xyz_frames(path, index)
         return
-    numbers = _frame_numbers(path, index)
+    try:
+        numbers = _frame_numbers(path, index)
+    except DataError as err:
+        yield str(path), UnreadableRest(str(err))
+        return
     frames = ase.io.iread(path, index, do_not_split_by_at_sign=True)
     for k in count():
         try:
@@ -176,15 +250,15 @@ def _file_frames(path: Path, index: slice) -> Iterator[tuple[Path, int, Atoms | 
             return
         except Exception as err:
             if not k:  # the first frame read: the failing one is not known
-                yield path, -1, UnreadableRest(f"{path}: cannot parse: {one_line(err)}")
+                yield str(path), UnreadableRest(f"{path}: cannot parse: {one_line(err)}")
                 return
             message = f"{path}, frame {numbers[k]}: cannot parse: {one_line(err)}"
-            yield path, numbers[k], UnreadableRest(f"{message} (frames {numbers[k]}.. not read)")
+            yield str(path), UnreadableRest(f"{message} (frames {numbers[k]}.. not read)")
             return
-        yield path, numbers[k], atoms
+        yield f"{path}, frame {numbers[k]}", atoms
 
 
-def _xyz_frames(path: Path, index: slice) -> Iterator[tuple[Path, int, Atoms | DataError]]:
+def _xyz_frames(path: Path, index: slice) -> Iterator[Record]:
     """The frames ``index`` selects from an extxyz file, as :func:`_file_frames` gives them.
 
     :func:`mlip.data.extxyz.frame_texts` splits the file at its atom-count lines; each frame is
@@ -203,16 +277,15 @@ def _xyz_frames(path: Path, index: slice) -> Iterator[tuple[Path, int, Atoms | D
             return
         if frame not in wanted:
             continue
+        where = f"{path}, frame {frame}"
         if isinstance(text, MalformedFrame):
             error = UnreadableRest if text.ends_file else DataError
-            yield path, frame, error(f"{path}, frame {frame}: {text}")
+            yield (str(path) if text.ends_file else where), error(f"{where}: {text}")
             continue
         try:
-            atoms = next(read_xyz(StringIO(text), 0))
+            yield where, next(read_xyz(StringIO(text), 0))
         except Exception as err:
-            yield path, frame, DataError(f"{path}, frame {frame}: cannot parse: {one_line(err)}")
-            continue
-        yield path, frame, atoms
+            yield where, DataError(f"{where}: cannot parse: {one_line(err)}")
 
 
 def _frame_numbers(path: Path, index: slice) -> range:
@@ -228,46 +301,28 @@ def _frame_numbers(path: Path, index: slice) -> range:
     return range(n)[index]
 
 
-def _database_frames(files: list[Path], index: slice) -> Iterator[tuple[Path, int, Atoms]]:
-    """Rows of one or more ASE databases, concatenated, as ``(file, row position, atoms)``.
-
+def _database_frames(path: Path, index: slice) -> Iterator[Record]:
+    """Rows of an ASE (SQLite) database as ``(where, atoms | DataError)``;
     ``row.key_value_pairs`` and ``row.data`` (where charge and spin live) go into ``atoms.info``.
-    Connections are closed when the iteration ends, fails or is closed.
-    """
-    with ExitStack() as stack:
-        databases, ids = [], []
-        for file in files:
+    The connection is closed when the iteration ends, fails or is closed."""
+    try:
+        database = ase.db.connect(str(path), type="db", use_lock_file=False)
+        ids = sorted(row.id for row in database.select(columns=["id"], include_data=False))
+    except Exception as err:
+        yield str(path), UnreadableRest(f"{path}: cannot open as an ASE database: {err}")
+        return
+    with database:
+        for frame in range(len(ids))[index]:
+            where = f"{path}, frame {frame}"
             try:
-                database = stack.enter_context(_connect(file))
-                ids.append(_row_ids(database))
-            except Exception as err:
-                raise DataError(f"{file}: cannot open as an ASE database: {err}") from err
-            databases.append(database)
-        starts = list(accumulate((len(i) for i in ids), initial=0))
-        for position in range(starts[-1])[index]:
-            k = bisect_right(starts, position) - 1
-            frame = position - starts[k]
-            try:
-                row = databases[k].get(id=ids[k][frame])
+                row = database.get(id=ids[frame])
                 atoms = row.toatoms()
             except Exception as err:
-                raise DataError(f"{files[k]}, frame {frame}: cannot read row: {err}") from err
+                yield where, DataError(f"{where}: cannot read row: {err}")
+                continue
             atoms.info.update(row.key_value_pairs)
             atoms.info.update(row.data)
-            yield files[k], frame, atoms
-
-
-def _connect(file: Path) -> Database:
-    if file.suffix == ".aselmdb":
-        return ase.db.connect(str(file), type="aselmdb", readonly=True, use_lock_file=False)
-    return ase.db.connect(str(file), type="db", use_lock_file=False)
-
-
-def _row_ids(database: Database) -> list[int]:
-    """Row ids in order (ASE-LMDB keeps them in memory; SQLite is asked for the id column)."""
-    if isinstance(database, LMDBDatabase):
-        return list(database.ids)
-    return sorted(row.id for row in database.select(columns=["id"], include_data=False))
+            yield where, atoms
 
 
 def _labelled(atoms: Atoms, where: str, keys: LabelKeys, required: tuple[str, ...]) -> Atoms:

@@ -13,8 +13,10 @@ OnError = Literal["raise", "skip"]
 
 @dataclass
 class BadFrames:
-    """Frames left out of a pass (``on_error="skip"``): all counted, the first ``keep`` kept."""
+    """The bad-frame policy of a pass and what it found: ``on_error="raise"`` raises a bad frame's
+    error, ``"skip"`` leaves the frame out and counts it (the first ``keep`` messages kept)."""
 
+    on_error: OnError = "raise"
     count: int = 0
     messages: list[str] = field(default_factory=list)
     keep: int = 10_000
@@ -23,12 +25,14 @@ class BadFrames:
     unreadable: int = 0
     """How many of the errors are an :class:`UnreadableRest`: a file not read past that point."""
 
-    def add(self, error: Exception, on_error: OnError, index: int | None = None) -> None:
+    def __post_init__(self) -> None:
+        if self.on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
+
+    def add(self, error: Exception, index: int | None = None) -> None:
         """Raise ``error`` (``on_error="raise"``) or count it (with the frame's ``index``)."""
-        if on_error == "raise":
+        if self.on_error == "raise":
             raise error
-        if on_error != "skip":
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.count += 1
         self.unreadable += isinstance(error, UnreadableRest)
         if len(self.messages) < self.keep:

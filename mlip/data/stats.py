@@ -1,233 +1,97 @@
-"""Statistics of a training set that the model stores: E0s, mean neighbour count, force scale.
+"""The one statistics pass: what a dataset holds, and what a potential takes from it.
 
-These are computed once at fit time from the training frames (never typed into a config) and end up
-in the model: E0s and the scale in :class:`~mlip.nn.potential.Potential`, the mean neighbour count in
-the model's ``avg_num_neighbors``.
+:class:`StatisticsPass` adds one graph at a time (memory stays flat: E0s come from the normal
+equations ``XᵀX e = Xᵀy`` of the element counts, |F| percentiles from a fixed log-spaced
+histogram) and gives one :class:`DatasetStatistics`, exact on data of any size. Training stores
+its E0s and force scale in :class:`~mlip.nn.potential.Potential` and its mean neighbour count in
+the model's ``avg_num_neighbors``; ``mlip data stats`` prints it. Units: eV, Å, eV/Å.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ase import Atoms
-from ase.data import chemical_symbols
+import torch
 from torch_geometric.data import Data
 
 from mlip import keys
-from mlip.data.graph import neighbour_list
-from mlip.data.records import BadFrames
+from mlip.data.graph import edge_lengths
+from mlip.data.records import BadFrames, LabelKeys, OnError
+from mlip.data.sources import MAX_Z, file_graphs, symbol
 from mlip.errors import DataError
 
-ISOLATED_CONFIG_TYPES = ("isolated_atom", "IsolatedAtom", "isolated")
-"""``atoms.info["config_type"]`` values that mark an isolated-atom reference frame."""
-
-
-@dataclass(frozen=True)
-class DatasetStatistics:
-    """What a potential takes from its training data.
-
-    Attributes:
-        species: atomic numbers, sorted; the model's species order.
-        e0: isolated-atom energy of each species, eV (same order as ``species``).
-        e0_source: ``"isolated"``, ``"least_squares"`` or ``"mixed"`` (isolated atoms for some
-            elements, least squares for the rest).
-        avg_num_neighbors: mean number of neighbours within the cutoff per atom.
-        scale: RMS of the force components, eV/Å (1.0 without forces); the model output scale.
-        shift: per-atom energy shift, eV (0: the E0s take the mean).
-    """
-
-    species: list[int]
-    e0: list[float]
-    e0_source: str
-    avg_num_neighbors: float
-    scale: float
-    shift: float = 0.0
-
-    def as_dict(self) -> dict:
-        """Plain JSON-able dict (with ``e0`` also keyed by element symbol, for humans)."""
-        out = asdict(self)
-        out["e0_by_element"] = {
-            chemical_symbols[z]: e for z, e in zip(self.species, self.e0, strict=True)
-        }
-        return out
-
-
-def is_isolated_atom(atoms: Atoms, cutoff: float) -> bool:
-    """True for a single-atom reference frame: one atom, and ``config_type`` says so, or the
-    structure is non-periodic, or its periodic images are all farther than ``cutoff`` Å."""
-    if len(atoms) != 1:
-        return False
-    if atoms.info.get("config_type") in ISOLATED_CONFIG_TYPES or not atoms.pbc.any():
-        return True
-    return len(neighbour_list(atoms, cutoff)[0]) == 0
-
-
-def element_counts(frames: Sequence[Atoms], species: Sequence[int]) -> np.ndarray:
-    """Number of atoms of each species in each frame, ``[len(frames), len(species)]``."""
-    column = {z: k for k, z in enumerate(species)}
-    counts = np.zeros((len(frames), len(species)))
-    for row, atoms in enumerate(frames):
-        for z, n in zip(*np.unique(atoms.numbers, return_counts=True), strict=True):
-            counts[row, column[int(z)]] = n
-    return counts
-
-
-def isolated_atom_energies(frames: Sequence[Atoms]) -> dict[int, float]:
-    """``{Z: energy}`` of single-atom frames (eV); an element given twice must agree to 1 meV."""
-    energies: dict[int, float] = {}
-    for atoms in frames:
-        if len(atoms) != 1 or atoms.calc is None or "energy" not in atoms.calc.results:
-            raise ValueError(f"isolated-atom frame {atoms.get_chemical_formula()} has no energy")
-        z, energy = int(atoms.numbers[0]), float(atoms.calc.results["energy"])
-        if z in energies and abs(energies[z] - energy) > 1e-3:
-            raise ValueError(
-                f"two isolated-atom energies for {chemical_symbols[z]}: {energies[z]} and {energy} eV"
-            )
-        energies[z] = energy
-    return energies
-
-
-def fit_e0(
-    frames: Sequence[Atoms],
-    species: Sequence[int],
-    isolated: Mapping[int, float] | None = None,
-) -> tuple[list[float], str]:
-    """Per-species reference energies (eV) and how they were obtained.
-
-    Elements in ``isolated`` take those energies; the others are fitted by least squares of the
-    frames' total energies (minus the fixed elements' share) on their element counts, which puts
-    the mean energy per atom into the E0s. Frames without an energy are ignored.
-    """
-    isolated = dict(isolated or {})
-    fixed = [k for k, z in enumerate(species) if z in isolated]
-    free = [k for k, z in enumerate(species) if z not in isolated]
-    e0 = np.array([isolated.get(z, 0.0) for z in species], dtype=np.float64)
-    if free:
-        labelled = [a for a in frames if a.calc is not None and "energy" in a.calc.results]
-        if not labelled:
-            raise ValueError("no frame has an energy: cannot fit E0s")
-        counts = element_counts(labelled, species)
-        energies = np.array([a.calc.results["energy"] for a in labelled], dtype=np.float64)
-        energies -= counts[:, fixed] @ e0[fixed]
-        solution, *_ = np.linalg.lstsq(counts[:, free], energies, rcond=None)
-        e0[free] = solution
-    source = "least_squares" if not fixed else ("isolated" if not free else "mixed")
-    return e0.tolist(), source
-
-
-def average_num_neighbors(num_edges: Sequence[int], num_atoms: Sequence[int]) -> float:
-    """Mean neighbour count: total directed edges over total atoms (1.0 for an empty set)."""
-    atoms = float(np.sum(num_atoms))
-    return float(np.sum(num_edges)) / atoms if atoms > 0 else 1.0
-
-
-def force_rms(frames: Sequence[Atoms]) -> float:
-    """RMS of all force components of the frames that have forces, eV/Å (1.0 if none do)."""
-    squares, count = 0.0, 0
-    for atoms in frames:
-        if atoms.calc is not None and "forces" in atoms.calc.results:
-            forces = np.asarray(atoms.calc.results["forces"], dtype=np.float64)
-            squares += float(np.sum(forces**2))
-            count += forces.size
-    rms = float(np.sqrt(squares / count)) if count else 0.0
-    return rms if rms > 0 else 1.0
-
-
-def compute_statistics(
-    frames: Sequence[Atoms],
-    num_edges: Sequence[int],
-    isolated: Sequence[Atoms] = (),
-    species: Sequence[int] | None = None,
-) -> DatasetStatistics:
-    """All statistics of a training set.
-
-    Args:
-        frames: training frames (isolated-atom frames excluded).
-        num_edges: number of directed edges of each frame's graph (same order as ``frames``).
-        isolated: isolated-atom frames giving E0s of their elements.
-        species: atomic numbers the model must know (default: all elements in ``frames`` and
-            ``isolated``).
-    """
-    present = {int(z) for atoms in [*frames, *isolated] for z in atoms.numbers}
-    species = sorted(present if species is None else {int(z) for z in species} | present)
-    e0, source = fit_e0(frames, species, isolated_atom_energies(isolated))
-    return DatasetStatistics(
-        species=species,
-        e0=e0,
-        e0_source=source,
-        avg_num_neighbors=average_num_neighbors(num_edges, [len(a) for a in frames]),
-        scale=force_rms(frames),
-    )
-
-
-__all__ = [
-    "DatasetStatistics",
-    "average_num_neighbors",
-    "compute_statistics",
-    "element_counts",
-    "fit_e0",
-    "force_rms",
-    "is_isolated_atom",
-    "isolated_atom_energies",
-]
-
-
-MAX_Z = 118
-
-
 _FORCE_BINS = np.logspace(-6, 4, 1001)  # |F| histogram edges, eV/Å: 1000 bins of 2.3 % width
-
-
 _PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
 
 @dataclass
-class DatasetStats:
-    """What one pass over a dataset found (units: eV, Å, eV/Å; elements by atomic number).
+class DatasetStatistics:
+    """What one pass over a dataset found (elements by atomic number).
 
-    ``e0`` are per-element reference energies from least squares of the total energies on the
-    element counts (minimum-norm where compositions do not determine them, e.g. one fixed
-    stoichiometry); ``e0_residual_rms`` is the RMS of ``E - Σ e0`` per frame. ``force_rms`` is
-    over force components; ``force_norm`` holds |F| percentiles (to the 2.3 % histogram bin) and
-    the exact maximum; ``mean_num_neighbours`` is edges per atom within the pass's cutoff.
+    The potential takes ``species`` (sorted; the model's order), ``e0`` (eV, one per species),
+    ``avg_num_neighbors`` (directed edges per atom within the cutoff) and ``scale`` (RMS of the
+    force components, eV/Å; 1.0 without forces). ``e0`` of isolated-atom frames (one atom, no
+    neighbour within the cutoff) are those frames' energies; the others come from least squares
+    of the total energies on the element counts (minimum-norm where the compositions do not
+    determine them, 0 for an element with no energy); ``e0_source`` says which (``"isolated"``,
+    ``"least_squares"`` or ``"mixed"``). ``e0_residual_rms`` is the RMS of ``E - Σ e0`` per
+    frame; ``force_norm`` holds |F| percentiles (to the 2.3 % bin) and the exact maximum.
+    Isolated-atom frames count in ``num_frames``, ``num_atoms`` and ``element_counts`` only.
     """
 
+    species: list[int] = field(default_factory=list)
+    e0: list[float] = field(default_factory=list)
+    e0_source: str = "least_squares"
+    avg_num_neighbors: float = 1.0
+    scale: float = 1.0
+    shift: float = 0.0
     num_frames: int = 0
     num_atoms: int = 0
+    num_isolated: int = 0
     element_counts: dict[int, int] = field(default_factory=dict)
     frames_with: dict[str, int] = field(default_factory=dict)
     charges: dict[float, int] = field(default_factory=dict)
     spins: dict[float, int] = field(default_factory=dict)
-    e0: dict[int, float] = field(default_factory=dict)
     e0_residual_rms: float = float("nan")
     energy_per_atom: dict[str, float] = field(default_factory=dict)
     force_rms: float = float("nan")
     force_norm: dict[str, float] = field(default_factory=dict)
-    mean_num_neighbours: float = float("nan")
     min_distance: float = float("inf")
     num_outliers: int = 0
     outliers: list[str] = field(default_factory=list)
     num_bad: int = 0
     bad: list[str] = field(default_factory=list)
     num_unreadable: int = 0
-    """Files not read to their end (each counted once in ``num_bad``; frames after the error
-    are not counted at all)."""
+    """Files not read to their end (each counted once in ``num_bad``)."""
 
     def e0_for(self, species: Sequence[int]) -> list[float]:
         """``e0`` in the order of ``species`` (0.0 for an element the data never had)."""
-        return [self.e0.get(int(z), 0.0) for z in species]
+        by_z = dict(zip(self.species, self.e0, strict=True))
+        return [by_z.get(int(z), 0.0) for z in species]
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON-able dict (with ``e0`` also keyed by element symbol, for humans)."""
+        out = asdict(self)
+        out["e0_by_element"] = dict(zip(map(symbol, self.species), self.e0, strict=True))
+        return out
 
 
-class StreamingStats:
-    """Accumulates :class:`DatasetStats` one graph at a time (graphs from ``atoms_to_graph``
-    with ``labels=True``); frames whose max |F| exceeds ``force_threshold`` eV/Å or whose closest
-    atoms are nearer than ``min_distance`` Å are kept and reported as outliers."""
+def is_isolated(graph: Data) -> bool:
+    """Whether a graph is an isolated-atom reference: one atom and no neighbour within the cutoff
+    (its periodic images included). Its energy is then its element's E0 exactly, whatever the
+    model; a single atom with images within the cutoff is a crystal and is trained on."""
+    return int(graph.num_nodes) == 1 and graph.edge_index.shape[1] == 0
+
+
+class StatisticsPass:
+    """Accumulates :class:`DatasetStatistics` one graph at a time (graphs of
+    :func:`~mlip.data.graph.atoms_to_graph` with ``labels=True``); frames whose max |F| exceeds
+    ``force_threshold`` eV/Å or whose closest atoms are nearer than ``min_distance`` Å are kept
+    and reported as outliers (the first ``keep`` named)."""
 
     def __init__(
         self,
@@ -238,7 +102,8 @@ class StreamingStats:
         self.force_threshold = force_threshold
         self.min_distance_threshold = min_distance
         self.keep = keep
-        self.stats = DatasetStats()
+        self.stats = DatasetStatistics()
+        self.isolated: dict[int, float] = {}
         self.counts = np.zeros(MAX_Z + 1, dtype=np.int64)
         self.xtx = np.zeros((MAX_Z + 1, MAX_Z + 1))
         self.xty = np.zeros(MAX_Z + 1)
@@ -250,9 +115,10 @@ class StreamingStats:
         self.force_max = 0.0
         self.num_force_atoms = 0
         self.num_edges = 0
+        self.num_atoms = 0  # of the frames that are not isolated atoms
 
     def add(self, graph: Data, where: str) -> None:
-        """Count one graph; ``where`` ("file, frame k") names it in outlier messages."""
+        """Count one graph; ``where`` ("file, frame k") names it in messages."""
         # numpy, not torch: torch's intra-op threads make these tiny operations slow on a busy CPU
         stats, n = self.stats, int(graph.num_nodes)
         stats.num_frames += 1
@@ -264,22 +130,34 @@ class StreamingStats:
                 stats.frames_with[name] = stats.frames_with.get(name, 0) + 1
         for values, value in ((stats.charges, graph.charge), (stats.spins, graph.spin)):
             values[float(value)] = values.get(float(value), 0) + 1
+        if is_isolated(graph) and bool(graph[keys.HAS_ENERGY]):
+            self._add_isolated(int(graph.z[0]), float(graph.energy), where)
+            return
+        self.num_atoms += n
         if bool(graph[keys.HAS_ENERGY]):
             self._add_energy(float(graph.energy), count, n)
         if bool(graph[keys.HAS_FORCES]) and n:
             self._add_forces(np.linalg.norm(graph.forces.numpy().astype(np.float64), axis=1), where)
         self.num_edges += int(graph.edge_index.shape[1])
         if graph.edge_index.shape[1]:
-            j, i = graph.edge_index.numpy()
-            pos = graph.pos.numpy().astype(np.float64)
-            cell = graph.cell.numpy()[0].astype(np.float64)
-            lengths = np.linalg.norm(pos[j] - pos[i] + graph.shifts.numpy() @ cell, axis=1)
+            lengths = edge_lengths(graph)
             k = int(lengths.argmin())
             stats.min_distance = min(stats.min_distance, float(lengths[k]))
             limit = self.min_distance_threshold
             if limit is not None and lengths[k] < limit:
-                pair = f"atoms {i[k]} and {j[k]}"
-                self._outlier(f"{where}: {pair} {lengths[k]:.4g} Å apart, below {limit:g}")
+                j, i = graph.edge_index.numpy()[:, k]
+                message = f"{where}: atoms {i} and {j} {lengths[k]:.4g} Å apart, below {limit:g}"
+                self._outlier(message)
+
+    def _add_isolated(self, z: int, energy: float, where: str) -> None:
+        """An isolated-atom energy: its element's E0; a second one must agree to 1 meV."""
+        self.stats.num_isolated += 1
+        known = self.isolated.setdefault(z, energy)
+        if abs(known - energy) > 1e-3:
+            raise DataError(
+                f"{where}: isolated {symbol(z)} atom with energy {energy} eV, but another gave "
+                f"{known} eV (E0s must agree to 1 meV)"
+            )
 
     def _add_energy(self, energy: float, count: np.ndarray, n: int) -> None:
         self.xtx += np.outer(count, count)
@@ -307,38 +185,49 @@ class StreamingStats:
         if len(self.stats.outliers) < self.keep:
             self.stats.outliers.append(message)
 
-    def e0_with(self, fixed: dict[int, float]) -> dict[int, float]:
-        """Per-element reference energies (eV) with the elements of ``fixed`` held at its values
-        (e.g. isolated-atom energies) and the others fitted by least squares of what remains of
-        the total energies, ``A_ff e_f = b_f - A_fF e_F`` in the normal equations (minimum-norm
-        where compositions do not determine them, 0 for an element only in frames without an
-        energy); every element seen or fixed is in the result.
-        """
-        fixed = {int(z): float(e) for z, e in fixed.items()}
+    def _e0(self, fixed: Mapping[int, float]) -> dict[int, float]:
+        """E0s (eV) with the elements of ``fixed`` held at its values and the others fitted by
+        least squares of what remains of the total energies, ``A_ff e_f = b_f - A_fF e_F`` in the
+        normal equations (minimum-norm where compositions do not determine them, 0 for an element
+        only in frames without an energy); every element seen or fixed is in the result."""
         present = set(np.flatnonzero(self.counts).tolist()) | set(fixed)
         free = np.array(sorted(present - set(fixed)), dtype=np.int64)
+        free = free[np.diag(self.xtx)[free] > 0]
         given = np.array(sorted(fixed), dtype=np.int64)
-        e0 = dict(fixed)
+        e0 = {z: 0.0 for z in present} | dict(fixed)
         if len(free):
-            if not self.num_energies:
-                raise DataError("no frame has an energy: cannot fit E0s")
             values = np.array([fixed[z] for z in given.tolist()])
             rhs = self.xty[free] - self.xtx[np.ix_(free, given)] @ values
             solution = np.linalg.lstsq(self.xtx[np.ix_(free, free)], rhs, rcond=None)[0]
             e0.update({int(z): float(e) for z, e in zip(free, solution, strict=True)})
         return dict(sorted(e0.items()))
 
-    def result(self, bad: BadFrames | None = None) -> DatasetStats:
-        """The statistics so far (with the bad frames of ``bad``, if given)."""
+    def result(
+        self,
+        species: Sequence[int] | None = None,
+        isolated: Mapping[int, float] | None = None,
+        bad: BadFrames | None = None,
+    ) -> DatasetStatistics:
+        """The statistics so far. ``species``: the elements the model knows (default: those
+        seen); ``isolated``: more isolated-atom energies (eV, e.g. from a file of them; the
+        frames' own win where both give one); ``bad``: the bad frames of the pass."""
         stats = self.stats
         present = np.flatnonzero(self.counts)
         stats.element_counts = {int(z): int(self.counts[z]) for z in present}
+        fixed = {int(z): float(e) for z, e in (isolated or {}).items()} | self.isolated
+        seen = set(stats.element_counts) | set(fixed)
+        stats.species = sorted(seen if species is None else {int(z) for z in species})
+        fixed = {z: e for z, e in fixed.items() if z in stats.species}
+        free = set(np.flatnonzero(np.diag(self.xtx)).tolist()) - set(fixed)
+        if free and not self.num_energies:
+            raise DataError("no frame has an energy: cannot fit E0s")
+        e0 = self._e0(fixed)
+        stats.e0 = [e0.get(z, 0.0) for z in stats.species]
+        stats.e0_source = "least_squares" if not fixed else ("isolated" if not free else "mixed")
         if self.num_energies:
-            fitted = np.flatnonzero(np.diag(self.xtx))
-            a, b = self.xtx[np.ix_(fitted, fitted)], self.xty[fitted]
-            e0 = np.linalg.lstsq(a, b, rcond=None)[0]
-            stats.e0 = {int(z): float(e) for z, e in zip(fitted, e0, strict=True)}
-            residual = self.yty - 2 * e0 @ b + e0 @ a @ e0
+            vector = np.zeros(MAX_Z + 1)
+            vector[list(e0)] = list(e0.values())
+            residual = self.yty - 2 * vector @ self.xty + vector @ self.xtx @ vector
             stats.e0_residual_rms = float(np.sqrt(max(residual, 0.0) / self.num_energies))
             low, total, high = self.energy_per_atom
             stats.energy_per_atom = {"min": low, "mean": total / self.num_energies, "max": high}
@@ -353,9 +242,35 @@ class StreamingStats:
                 )
             norm["max"] = self.force_max
             stats.force_norm = norm
-        if stats.num_atoms:
-            stats.mean_num_neighbours = self.num_edges / stats.num_atoms
+        rms = stats.force_rms
+        stats.scale = rms if np.isfinite(rms) and rms > 0 else 1.0
+        stats.avg_num_neighbors = self.num_edges / self.num_atoms if self.num_atoms else 1.0
         if bad is not None:
             stats.num_bad, stats.bad = bad.count, list(bad.messages)
             stats.num_unreadable = bad.unreadable
         return stats
+
+
+def scan_files(
+    paths: Sequence[str | Path],
+    cutoff: float = 5.0,
+    keys: LabelKeys | None = None,
+    required: Sequence[str] = ("energy", "forces"),
+    max_frames: int | None = None,
+    seed: int = 0,
+    on_error: OnError = "skip",
+    elements: Sequence[int] | None = None,
+    force_threshold: float | None = None,
+    min_distance: float | None = None,
+    progress: bool = True,
+) -> DatasetStatistics:
+    """:class:`DatasetStatistics` of data files (``mlip data stats`` / ``check``), outliers
+    included (see :func:`~mlip.data.sources.file_graphs` for reading and sampling)."""
+    bad = BadFrames(on_error)
+    accumulator = StatisticsPass(force_threshold, min_distance)
+    graphs = file_graphs(
+        paths, cutoff, keys, required, torch.float64, max_frames, seed, bad, elements, progress
+    )
+    for where, graph in graphs:
+        accumulator.add(graph, where)
+    return accumulator.result(bad=bad)

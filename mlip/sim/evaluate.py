@@ -14,7 +14,8 @@ from torch_geometric.data import Batch
 
 from mlip import keys
 from mlip.data.graph import MIN_DISTANCE, atoms_to_graph
-from mlip.errors import GeometryError, UnknownElementError, unknown_elements
+from mlip.data.records import LabelKeys
+from mlip.errors import DataError, GeometryError, UnknownElementError, unknown_elements
 from mlip.nn.potential import Potential
 
 _TO_MILLI = 1000.0
@@ -26,7 +27,8 @@ class Predictions:
 
     ``energy_*``: per atom, eV/atom ``[F]``; ``forces_*``: components, eV/Å ``[M, 3]``;
     ``stress_*``: components, eV/Å³ ``[S, 6]`` (Voigt). ``*_group`` gives each row's
-    ``config_type``, and ``frame_group`` that of every frame.
+    ``config_type``, ``frame_group`` that of every frame and ``frame_atoms`` its number of atoms;
+    ``left_out`` counts the frames without any label, which are in no row.
     """
 
     energy_ref: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -39,6 +41,8 @@ class Predictions:
     stress_pred: np.ndarray = field(default_factory=lambda: np.zeros((0, 6)))
     stress_group: list[str] = field(default_factory=list)
     frame_group: list[str] = field(default_factory=list)
+    frame_atoms: list[int] = field(default_factory=list)
+    left_out: int = 0
 
     def select(self, group: str) -> Predictions:
         """The rows of one ``config_type``."""
@@ -49,7 +53,16 @@ class Predictions:
                 setattr(out, f"{name}_{part}", getattr(self, f"{name}_{part}")[mask])
             setattr(out, f"{name}_group", [group] * int(mask.sum()))
         out.frame_group = [g for g in self.frame_group if g == group]
+        out.frame_atoms = [
+            n for g, n in zip(self.frame_group, self.frame_atoms, strict=True) if g == group
+        ]
         return out
+
+    def summary(self) -> str:
+        """The frames compared and their atoms: ``"6 frames (1 without labels left out), 48
+        atoms"``."""
+        left_out = f" ({self.left_out} without labels left out)" if self.left_out else ""
+        return f"{len(self.frame_group)} frames{left_out}, {sum(self.frame_atoms)} atoms"
 
     @property
     def groups(self) -> list[str]:
@@ -75,6 +88,16 @@ def is_labelled(atoms: Atoms) -> bool:
     return any(name in results for name in ("energy", "forces", "stress"))
 
 
+def check_labelled(frames: Sequence[Atoms], where: str, label_keys: LabelKeys) -> None:
+    """Raise :class:`DataError` naming ``where`` (and the label names sought) if no frame carries
+    an energy, forces or stress."""
+    if not any(is_labelled(atoms) for atoms in frames):
+        raise DataError(
+            f"{where}: no frame has energy, forces or stress labels (looked for "
+            f"{label_keys.energy!r}, {label_keys.forces!r}, {label_keys.stress!r})"
+        )
+
+
 def predict(
     potential: Potential,
     frames: Sequence[Atoms],
@@ -90,6 +113,7 @@ def predict(
     device = potential.e0.device
     dtype = potential.e0.dtype
     numbered = [(k, atoms) for k, atoms in enumerate(frames) if is_labelled(atoms)]
+    left_out = len(frames) - len(numbered)
     frames = [atoms for _, atoms in numbered]
     parts: dict[str, list] = {k: [] for k in ("e_ref", "e_pred", "e_g", "f_ref", "f_pred", "f_g")}
     parts.update({k: [] for k in ("s_ref", "s_pred", "s_g")})
@@ -134,6 +158,8 @@ def predict(
         stress_pred=np.array(parts["s_pred"], dtype=np.float64).reshape(-1, 6),
         stress_group=parts["s_g"],
         frame_group=[config_type(a) for a in frames],
+        frame_atoms=[len(a) for a in frames],
+        left_out=left_out,
     )
 
 

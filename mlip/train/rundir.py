@@ -10,7 +10,6 @@ from __future__ import annotations
 import fcntl
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from mlip.errors import RunDirectoryError, RunDirectoryInUse
+from mlip.outputs import probe_dir
 
 
 def is_first_process() -> bool:
@@ -65,9 +65,7 @@ class CheckRunDirectory(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         run_dir = Path(OmegaConf.select(config, "hydra.run.dir"))
         try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=run_dir):
-                pass
+            probe_dir(run_dir)
         except OSError as err:
             reason = err.strerror or err
             print(

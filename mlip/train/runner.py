@@ -35,8 +35,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from mlip import keys
-from mlip.data.datamodule import AtomsDataModule
-from mlip.data.streaming import LMDBDataModule
+from mlip.data.datamodule import DataModule
 from mlip.errors import ConfigError, TrainingInterrupted, TrainingTerminated
 from mlip.export import load_checkpoint, remove_partial_checkpoints, save_model
 from mlip.nn.config import default_dtype
@@ -46,7 +45,6 @@ from mlip.train.checkpoint import AtomicCheckpointIO
 from mlip.train.module import PotentialModule
 from mlip.train.rundir import is_first_process, locked_run_dir, record_config
 
-DataModule = AtomsDataModule | LMDBDataModule
 """What ``cfg.data`` builds: frames in memory, or streamed from LMDB (``data=lmdb``)."""
 
 
