@@ -1,26 +1,14 @@
 """The Lightning DataModule: data files -> splits -> checks and statistics -> batches.
 
-One DataModule over two frame sources. ``stream=False`` reads every file (any format
-:func:`mlip.data.readers.records` reads) into graphs in memory. ``stream=True`` holds frame
-indices into ASE-LMDB files (graphs are built as loaders read them, in their workers) or into a
-graph cache (``mlip data preprocess``), so memory stays flat as the data grows. Either way:
-
-- Splits: validation and test frames come from their own files when given, else from a seeded
-  permutation of the training frames (test first, then validation).
-- Statistics (:class:`~mlip.data.stats.DatasetStatistics`: E0s, mean neighbour count, force RMS)
-  come from one pass over the training split, or over a seeded sample of ``stats_max_frames``.
-- Isolated atoms (one atom, no neighbour within the cutoff: :func:`~mlip.data.stats.is_isolated`)
-  that the passes before training meet give their element's E0 and leave their split, as do the
-  frames of ``isolated_atoms``; the other elements' E0s are fitted by least squares.
-- Bad frames (unreadable, a required label missing, NaN or inf, no atoms, two atoms closer than
-  ``min_distance``, an element outside the species) are found by reading them: before training
-  for every frame the passes read (all of them unless ``stats_max_frames`` is set), else when a
-  loader reads them. ``on_error="raise"`` stops with a :class:`~mlip.errors.DataError` naming
-  file and frame; ``"skip"`` leaves the frame out and counts it (found before training, it leaves
-  its split; found by a loader, its batch). :meth:`DataModule.describe` counts and names them.
-
-Loaders are plain map-style ``DataLoader`` s with the default samplers, so Lightning's
-``DistributedSampler`` gives each DDP rank its own shard of every split.
+One DataModule over two frame sources: ``stream=False`` reads every file into graphs in memory;
+``stream=True`` holds frame indices into ASE-LMDB files (graphs built as loaders read them) or a
+graph cache, so memory stays flat as the data grows. Both make the same seeded split (test first,
+then validation), one statistics pass over the training split (or a seeded sample), the same
+isolated-atom rule (:func:`~mlip.data.stats.is_isolated` frames give E0s and leave their split)
+and the same bad-frame path: frames read before training are checked there, the others as loaders
+read them; ``on_error="raise"`` stops naming file and frame, ``"skip"`` leaves the frame out of
+its split (or batch) and counts it. Loaders are plain map-style, so Lightning's
+``DistributedSampler`` gives each DDP rank its own shard.
 """
 
 from __future__ import annotations
