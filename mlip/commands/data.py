@@ -1,6 +1,6 @@
 """``mlip data stats|check|convert|preprocess``: dataset tools on the command line.
 
-Thin: parses arguments, calls :mod:`mlip.data.passes` and :mod:`mlip.data.convert` and reports.
+Thin: parses arguments, calls :mod:`mlip.data.stats` and :mod:`mlip.data.convert` and reports.
 Errors are one line ``mlip data: error: ...`` with exit status 1 (2 for bad usage); ``check`` exits
 1 when it finds bad frames or outliers.
 """
