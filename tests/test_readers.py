@@ -12,7 +12,7 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io.formats import string2index
 
-from mlip.data.readers import iter_frames, read_dataset, read_frames
+from mlip.data.readers import iter_frames, read_frames
 from mlip.data.records import LabelKeys
 from mlip.errors import DataError
 
@@ -123,7 +123,6 @@ def test_aselmdb_directory(tmp_path):
     across = read_frames(tmp_path, "62:66")
     assert [a.info["source_index"] for a in across] == [62, 63, 0, 1]
     assert_same_labels(read_frames(tmp_path, -1)[0], ase.io.read(SI_XYZ, 31))
-    assert len(read_dataset([tmp_path, SI_XYZ], index="0:2")) == 4
 
 
 def test_ase_db(tmp_path):

@@ -109,18 +109,6 @@ def read_frames(
     return list(iter_frames(path, index, keys, required))
 
 
-def read_dataset(
-    paths: str | Path | Sequence[str | Path],
-    index: Index = ":",
-    keys: LabelKeys | None = None,
-    required: Sequence[str] = ("energy", "forces"),
-) -> list[Atoms]:
-    """Frames of one or several paths, concatenated in order; ``index`` applies to each path."""
-    if isinstance(paths, str | Path):
-        paths = [paths]
-    return [atoms for path in paths for atoms in iter_frames(path, index, keys, required)]
-
-
 class IndexedFrames:
     """Labelled frames of ASE-LMDB files (and folders of them) by index, read on demand.
 
