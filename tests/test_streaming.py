@@ -252,3 +252,10 @@ def test_training_skips_bad_frames_and_records_them(tmp_path):
     assert metadata["data"]["num_bad_frames"] == 4
     assert "frame 3: atoms 0 (C) and 5 (O) are 0.200 Å apart" in metadata["data"]["bad_frames"][1]
     assert "frame 6: unknown element(s) X" in metadata["data"]["bad_frames"][3]
+
+
+def test_streaming_refuses_a_file_it_cannot_index():
+    with pytest.raises(
+        DataError, match=r"Si_train\.xyz: streamed data \(stream: true\) is \.aselmdb"
+    ):
+        streaming(train=ROOT / "data" / "zuo2020" / "Si_train.xyz")

@@ -86,6 +86,15 @@ def open_indexed(
     """The indexed dataset of graphs over ``paths``: ASE-LMDB files and folders, or one graph
     cache (``.lmdb``) built with the same ``cutoff``."""
     paths = [Path(p) for p in paths]
+    other = [
+        p for p in paths if not p.is_dir() and p.suffix not in (".aselmdb", GRAPH_CACHE_SUFFIX)
+    ]
+    if other:
+        raise DataError(
+            f"{other[0]}: streamed data (stream: true) is .aselmdb files, folders of them or a "
+            "graph cache (.lmdb); convert it with `mlip data convert`, or read it into memory "
+            "(stream: false)"
+        )
     if not any(p.suffix == GRAPH_CACHE_SUFFIX for p in paths):
         return LMDBDataset(paths, cutoff, keys, dtype, required)
     names = ", ".join(map(str, paths))
