@@ -168,8 +168,7 @@ class DataModule(pl.LightningDataModule):
             raise DataError(f"{self._names('train')}: no frames left for training after the split")
         self.splits["train"] = self._index(train, np.sort(order), self.given_species)
 
-        accumulator = StatisticsPass()
-        self._pass("train", self.stats_max_frames, accumulator)
+        accumulator = self._pass("train", self.stats_max_frames)
         isolated = self._isolated_energies() | accumulator.isolated  # the training frames' win
         seen = set(np.flatnonzero(accumulator.counts).tolist()) | set(isolated)
         species = self.given_species or sorted(seen)
@@ -226,23 +225,21 @@ class DataModule(pl.LightningDataModule):
             accumulator.add(graph, where)
         return accumulator.isolated
 
-    def _pass(
-        self, name: str, max_frames: int | None = None, accumulator: StatisticsPass | None = None
-    ) -> StatisticsPass:
+    def _pass(self, name: str, max_frames: int | None = None) -> StatisticsPass:
         """Read the frames of split ``name`` (or a seeded sample of ``max_frames``) before
-        training: bad ones raise or leave the split, as do isolated atoms, whose energies the
-        returned pass holds; the others go to ``accumulator``."""
+        training: bad ones raise or leave the split, as do isolated atoms. Returns the
+        statistics of the training frames read, or of the isolated atoms of another split."""
         split, bad = self.splits[name], BadFrames(self.on_error)
-        accumulator = accumulator or StatisticsPass()
-        leave = []
+        accumulator, leave = StatisticsPass(), []
         graphs = dataset_graphs(
             split.raising(), max_frames, self.stats_seed, bad,
             progress=self.progress, desc="statistics" if name == "train" else f"checking {name}",
         )  # fmt: skip
         for position, where, graph in graphs:
-            if is_isolated(graph):
+            isolated = is_isolated(graph)
+            if isolated:
                 leave.append(position)
-            if is_isolated(graph) or name == "train":
+            if isolated or name == "train":
                 accumulator.add(graph, where)
         self.bad.count += bad.count
         self.bad.unreadable += bad.unreadable

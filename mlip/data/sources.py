@@ -51,7 +51,6 @@ class LMDBDataset(Dataset):
         required: Sequence[str] = ("energy", "forces"),
     ) -> None:
         self.frames = IndexedFrames(paths, keys, required)
-        self.files = self.frames.rows.files
         self.cutoff = float(cutoff)
         self.dtype = dtype or torch.get_default_dtype()
 
@@ -127,7 +126,8 @@ def file_graphs(
 
     With ``max_frames`` (per path), ASE-LMDB files (and directories of them) and graph caches
     (``.lmdb``) are sampled by index; other files are read in order and sampled by a seeded
-    reservoir that holds at most ``max_frames`` frames. Bad frames as in :func:`dataset_graphs`.
+    reservoir that holds at most ``max_frames`` frames. A bad frame (unreadable, no graph, or
+    failing :func:`check_graph` with ``elements``) is raised or counted in ``bad``.
     """
     bad = bad if bad is not None else BadFrames()
     allowed = allowed_elements(elements)
@@ -141,23 +141,14 @@ def file_graphs(
                 else LMDBDataset(path, cutoff, keys, dtype, required)
             )
             with dataset:
-                graphs = dataset_graphs(
-                    dataset, max_frames, seed, bad, elements, progress, path.name
-                )
-                yield from ((where, graph) for _, where, graph in graphs)
+                graphs = dataset_graphs(dataset, max_frames, seed, bad, progress, path.name)
+                yield from _checked(((w, g) for _, w, g in graphs), allowed, bad)
             continue
         frames = bar(records(path, index, keys, required), progress, path.name)
         good = ((where, atoms) for where, atoms in frames if _good(atoms, bad))
         if max_frames is not None:
             good = _reservoir(good, max_frames, seed)
-        for where, atoms in good:
-            try:
-                graph = frame_graph(atoms, where, cutoff, dtype)
-                _check(graph, allowed, where)
-            except DataError as err:
-                bad.add(err)
-                continue
-            yield where, graph
+        yield from _checked(_graphs(good, cutoff, dtype, bad), allowed, bad)
 
 
 def dataset_graphs(
@@ -165,15 +156,14 @@ def dataset_graphs(
     max_frames: int | None = None,
     seed: int = 0,
     bad: BadFrames | None = None,
-    elements: Sequence[int] | None = None,
     progress: bool = True,
     desc: str = "frames",
 ) -> Iterator[tuple[int, str, Data]]:
     """``(index, where, graph)`` for every index of a map-style ``dataset`` of graphs, or for a
     seeded sample of ``max_frames`` of them (in index order); ``where`` is
-    ``dataset.describe(i)`` where it exists. Frames raising :class:`DataError` or failing
-    :func:`check_graph` (elements outside ``elements``; any atomic number outside 1..118 always)
-    are bad: raised or counted in ``bad`` (with their index) per its ``on_error``."""
+    ``dataset.describe(i)`` where it exists. Frames raising :class:`DataError` (a checking
+    dataset such as the DataModule's splits raises for a bad one) are raised or counted in
+    ``bad`` (with their index) per its ``on_error``."""
     bad = bad if bad is not None else BadFrames()
     size = len(dataset)
     indices: Iterable[int] = range(size)
@@ -181,11 +171,9 @@ def dataset_graphs(
         rng = np.random.default_rng(seed)
         indices = np.sort(rng.choice(size, size=max_frames, replace=False)).tolist()
     describe = _describer(dataset)
-    allowed = allowed_elements(elements)
     for index in bar(indices, progress, desc, total=min(size, max_frames or size)):
         try:
             graph = dataset[index]
-            _check(graph, allowed, describe(index))
         except DataError as err:
             bad.add(err, index)
             continue
@@ -250,10 +238,30 @@ def symbol(z: int) -> str:
     return chemical_symbols[z] if 0 <= z <= MAX_Z else f"Z={z}"  # 0 is "X"
 
 
-def _check(graph: Data, allowed: np.ndarray, where: str) -> None:
-    problem = check_graph(graph, allowed)
-    if problem:
-        raise DataError(f"{where}: {problem}")
+def _graphs(
+    frames: Iterable[tuple[str, Any]], cutoff: float, dtype: torch.dtype, bad: BadFrames
+) -> Iterator[tuple[str, Data]]:
+    """The graphs of ``(where, atoms)`` frames; a frame with no graph goes to ``bad``."""
+    for where, atoms in frames:
+        try:
+            graph = frame_graph(atoms, where, cutoff, dtype)
+        except DataError as err:
+            bad.add(err)
+            continue
+        yield where, graph
+
+
+def _checked(
+    graphs: Iterable[tuple[str, Data]], allowed: np.ndarray, bad: BadFrames
+) -> Iterator[tuple[str, Data]]:
+    """The graphs that pass :func:`check_graph` (elements in ``allowed``); the others go to
+    ``bad``."""
+    for where, graph in graphs:
+        problem = check_graph(graph, allowed)
+        if problem:
+            bad.add(DataError(f"{where}: {problem}"))
+            continue
+        yield where, graph
 
 
 def _describer(dataset: Dataset) -> Any:

@@ -185,22 +185,19 @@ class StatisticsPass:
         if len(self.stats.outliers) < self.keep:
             self.stats.outliers.append(message)
 
-    def _e0(self, fixed: Mapping[int, float]) -> dict[int, float]:
-        """E0s (eV) with the elements of ``fixed`` held at its values and the others fitted by
-        least squares of what remains of the total energies, ``A_ff e_f = b_f - A_fF e_F`` in the
-        normal equations (minimum-norm where compositions do not determine them, 0 for an element
-        only in frames without an energy); every element seen or fixed is in the result."""
-        present = set(np.flatnonzero(self.counts).tolist()) | set(fixed)
-        free = np.array(sorted(present - set(fixed)), dtype=np.int64)
-        free = free[np.diag(self.xtx)[free] > 0]
-        given = np.array(sorted(fixed), dtype=np.int64)
-        e0 = {z: 0.0 for z in present} | dict(fixed)
-        if len(free):
+    def _e0(self, fixed: Mapping[int, float], free: list[int]) -> dict[int, float]:
+        """E0s (eV) with the elements of ``fixed`` held at its values and those of ``free``
+        (elements of frames with an energy) fitted by least squares of what remains of the total
+        energies, ``A_ff e_f = b_f - A_fF e_F`` in the normal equations (minimum-norm where
+        compositions do not determine them); 0 for any other element seen."""
+        e0 = dict.fromkeys(np.flatnonzero(self.counts).tolist(), 0.0) | dict(fixed)
+        if free:
+            given = np.array(sorted(fixed), dtype=np.int64)
             values = np.array([fixed[z] for z in given.tolist()])
             rhs = self.xty[free] - self.xtx[np.ix_(free, given)] @ values
             solution = np.linalg.lstsq(self.xtx[np.ix_(free, free)], rhs, rcond=None)[0]
-            e0.update({int(z): float(e) for z, e in zip(free, solution, strict=True)})
-        return dict(sorted(e0.items()))
+            e0.update({z: float(e) for z, e in zip(free, solution, strict=True)})
+        return e0
 
     def result(
         self,
@@ -218,10 +215,8 @@ class StatisticsPass:
         seen = set(stats.element_counts) | set(fixed)
         stats.species = sorted(seen if species is None else {int(z) for z in species})
         fixed = {z: e for z, e in fixed.items() if z in stats.species}
-        free = set(np.flatnonzero(np.diag(self.xtx)).tolist()) - set(fixed)
-        if free and not self.num_energies:
-            raise DataError("no frame has an energy: cannot fit E0s")
-        e0 = self._e0(fixed)
+        free = sorted(set(np.flatnonzero(np.diag(self.xtx)).tolist()) - set(fixed))
+        e0 = self._e0(fixed, free)
         stats.e0 = [e0.get(z, 0.0) for z in stats.species]
         stats.e0_source = "least_squares" if not fixed else ("isolated" if not free else "mixed")
         if self.num_energies:
