@@ -114,13 +114,12 @@ def predict(
     dtype = potential.e0.dtype
     numbered = [(k, atoms) for k, atoms in enumerate(frames) if is_labelled(atoms)]
     left_out = len(frames) - len(numbered)
-    frames = [atoms for _, atoms in numbered]
     parts: dict[str, list] = {k: [] for k in ("e_ref", "e_pred", "e_g", "f_ref", "f_pred", "f_g")}
     parts.update({k: [] for k in ("s_ref", "s_pred", "s_g")})
-    for start in range(0, len(frames), batch_size):
-        chunk = list(frames[start : start + batch_size])
+    for start in range(0, len(numbered), batch_size):
+        chunk = numbered[start : start + batch_size]
         graphs = []
-        for k, atoms in numbered[start : start + batch_size]:
+        for k, atoms in chunk:
             try:
                 graphs.append(atoms_to_graph(atoms, potential.cutoff, dtype, True, min_distance))
             except GeometryError as err:
@@ -130,10 +129,9 @@ def predict(
         energy = out[keys.ENERGY].detach().cpu().double().numpy()
         forces = out[keys.FORCES].detach().cpu().double().numpy()
         stress = out[keys.STRESS].detach().cpu().double().numpy()
-        offsets = np.cumsum([0] + [len(a) for a in chunk])
-        for k, atoms in enumerate(chunk):
-            group, n = config_type(atoms), len(atoms)
-            results = atoms.calc.results if atoms.calc is not None else {}
+        offsets = np.cumsum([0] + [len(a) for _, a in chunk])
+        for k, (_, atoms) in enumerate(chunk):
+            group, n, results = config_type(atoms), len(atoms), atoms.calc.results
             if "energy" in results:
                 parts["e_ref"].append(results["energy"] / n)
                 parts["e_pred"].append(energy[k] / n)
@@ -157,8 +155,8 @@ def predict(
         stress_ref=np.array(parts["s_ref"], dtype=np.float64).reshape(-1, 6),
         stress_pred=np.array(parts["s_pred"], dtype=np.float64).reshape(-1, 6),
         stress_group=parts["s_g"],
-        frame_group=[config_type(a) for a in frames],
-        frame_atoms=[len(a) for a in frames],
+        frame_group=[config_type(a) for _, a in numbered],
+        frame_atoms=[len(a) for _, a in numbered],
         left_out=left_out,
     )
 
