@@ -122,7 +122,10 @@ def _summary(metadata: dict) -> list[str]:
                     parts.append(f"{name} {mae:.2f} / {rmse:.2f} {unit}")
             if parts:
                 lines.append(f"  {split:<11} " + ", ".join(parts))
-    skip = {"data", "errors", "config", "statistics", "run_dir", "checkpoint"}
+    tuned = metadata.get("finetune")
+    if isinstance(tuned, dict) and "base_model" in tuned:
+        lines += _chain(tuned)
+    skip = {"data", "errors", "config", "statistics", "run_dir", "checkpoint", "finetune"}
     rest = {k: v for k, v in metadata.items() if k not in skip}
     if isinstance(data, dict) and "train_files" not in data:
         rest["data"] = data
@@ -130,6 +133,42 @@ def _summary(metadata: dict) -> list[str]:
         lines.append("metadata")
         lines += _tree(rest, indent="  ")
     return lines
+
+
+def _chain(tuned: dict) -> list[str]:
+    """The fine-tuning chain: base files (newest first), new elements, E0s, frozen, replay."""
+    links = [tuned, *tuned.get("base_chain", [])]
+    lines = []
+    for depth, link in enumerate(links):
+        new = ", ".join(link.get("new_elements") or []) or "none"
+        lead = "fine-tuned    " if depth == 0 else "  itself      "
+        lines.append(
+            f"{lead}from {link.get('base_model')} (sha256 {str(link.get('base_sha256'))[:16]}), "
+            f"new elements: {new}"
+        )
+    e0 = tuned.get("e0", {})
+    if e0:
+        lines.append(f"  E0          {e0.get('mode')} (base: {_values(e0.get('base_eV'))} eV)")
+    frozen = tuned.get("frozen") or []
+    lines.append(
+        f"  frozen      {', '.join(tuned.get('freeze') or [])} ({len(frozen)} tensors)"
+        if frozen
+        else "  frozen      nothing"
+    )
+    replay = tuned.get("replay")
+    if replay:
+        kind = "pseudo-labelled by the base model" if replay.get("pseudo") else "given"
+        lines.append(
+            f"  replay      {', '.join(replay.get('files', []))} ({kind}; ratio "
+            f"{replay.get('ratio')}, weight {replay.get('weight')})"
+        )
+    else:
+        lines.append("  replay      none")
+    return lines
+
+
+def _values(by_element) -> str:
+    return ", ".join(f"{el} {v:.4f}" for el, v in (by_element or {}).items())
 
 
 def _tree(value, indent: str) -> list[str]:

@@ -13,6 +13,7 @@ from mlip.errors import (
     CheckpointError,
     ConfigError,
     DataError,
+    ModelFileError,
     NonFiniteLossError,
     RunDirectoryError,
     TrainingTerminated,
@@ -62,6 +63,7 @@ def _main(argv: list[str] | None) -> int:
             train(cfg)
         except (
             DataError,
+            ModelFileError,
             FileNotFoundError,
             RunDirectoryError,
             CheckpointError,

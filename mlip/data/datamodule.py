@@ -9,19 +9,25 @@ and the same bad-frame path: frames read before training are checked there, the 
 read them; ``on_error="raise"`` stops naming file and frame, ``"skip"`` leaves the frame out of
 its split (or batch) and counts it. Loaders are plain map-style, so Lightning's
 ``DistributedSampler`` gives each DDP rank its own shard.
+
+Replay (:meth:`DataModule.add_replay`): the frames of a :class:`ReplaySet` (in memory, whichever
+the source of the new data) join every training epoch through a :class:`MixedSampler`, and its
+validation frames are a second validation loader.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from torch_geometric.data import Batch, Data
 
 from mlip.data.graph import MIN_DISTANCE
@@ -41,6 +47,8 @@ SHOWN = 10
 """Bad frames named in the log and in ``describe()`` (all are counted)."""
 SKIPPED = "skipped_frames"
 """Batch attribute through which a loader's collate passes the bad frames it dropped."""
+_ORDER, _EPOCH = 0, 1
+"""Tags that keep :class:`MixedSampler`'s two random streams apart."""
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +153,10 @@ class DataModule(pl.LightningDataModule):
         self.bad = BadFrames(on_error, keep=SHOWN)  # found before training
         self.loaded_bad = _SeenBad()  # dropped from batches by this process's loaders
         self.statistics: DatasetStatistics | None = None
+        self.statistics_pass: StatisticsPass | None = None
+        self.isolated_e0: dict[int, float] = {}
+        self.replay: ReplaySet | None = None
+        self.replay_sampler: MixedSampler | None = None
 
     # -- splits, passes and statistics ----------------------------------------------------------
 
@@ -186,6 +198,8 @@ class DataModule(pl.LightningDataModule):
         if self.bad.count:
             _log_bad(self.bad.count, self.bad.messages, "before training")
         self.statistics = accumulator.result(species, isolated)
+        # fine-tuning refits E0s with some held (finetune.e0=keep)
+        self.statistics_pass, self.isolated_e0 = accumulator, isolated
         self.teardown()
 
     def teardown(self, stage: str | None = None) -> None:
@@ -253,21 +267,59 @@ class DataModule(pl.LightningDataModule):
 
     # -- loaders --------------------------------------------------------------------------------
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, self.shuffle)
+    def add_replay(self, replay: ReplaySet, ratio: float, seed: int = 0) -> None:
+        """Mix ``replay``'s training frames into every training epoch, ``ratio`` of them per
+        training frame of the new data (:class:`MixedSampler`, seeded by ``seed``), and validate
+        on its validation frames as a second loader (see :meth:`val_dataloader`).
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, False)
+        Replay frames carry their loss weights (:func:`~mlip.train.replay.replay_set` multiplies
+        them by ``replay.weight`` and checks their elements against the model's), and a batch's
+        loss is normalised by its number of labels, so a replay frame counts ``weight`` times as
+        much as a new frame. Raises ValueError for a bad ``ratio`` or an empty replay set.
+        """
+        self.setup()
+        if not len(replay.train):
+            raise ValueError(f"{', '.join(replay.files)}: no replay frames to train on")
+        self.replay_sampler = MixedSampler(
+            len(self.splits["train"]), len(replay.train), ratio, seed, self.shuffle
+        )
+        self.replay = replay
+
+    def train_dataloader(self) -> DataLoader:
+        """Batches of the training split; with replay, of the training split and the replay
+        frames that :class:`MixedSampler` draws for the epoch."""
+        self.setup()
+        if self.replay is None:
+            return self._loader(self.splits["train"], self.batch_size, shuffle=self.shuffle)
+        mixed = ConcatDataset([self.splits["train"], self.replay.train])
+        return self._loader(mixed, self.batch_size, sampler=self.replay_sampler)
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The validation split's loader; with replay validation frames, ``[that loader, the
+        replay set's]`` (loader 1 is always the replay set's, even when the validation split is
+        empty and loader 0 has no batches: then only replay errors are logged)."""
+        self.setup()
+        new = self._loader(self.splits["val"], self.eval_batch_size)
+        if self.replay is None or not len(self.replay.val):
+            return new
+        return [new, self._loader(self.replay.val, self.eval_batch_size)]
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, False)
-
-    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
         self.setup()
+        return self._loader(self.splits["test"], self.eval_batch_size)
+
+    def _loader(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        shuffle: bool = False,
+        sampler: Sampler[int] | None = None,
+    ) -> DataLoader:
         return DataLoader(
-            self.splits[name],
+            dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             collate_fn=collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -316,7 +368,109 @@ class DataModule(pl.LightningDataModule):
         }
         for name, split in self.splits.items():
             out[f"num_{name}_frames"] = len(split)
+        replay = self.replay
+        out |= {
+            "num_replay_train_frames": len(replay.train) if replay else 0,
+            "num_replay_val_frames": len(replay.val) if replay else 0,
+            "replay_files": list(replay.files) if replay else [],
+            "replay_ratio": self.replay_sampler.ratio if replay else None,
+            "replay_weight": replay.weight if replay else None,
+        }
         return out
+
+
+@dataclass
+class ReplaySet:
+    """Graphs of replay frames (the base model's domain), in memory, split into train and val.
+
+    Attributes:
+        train: replay frames to train on (graphs with ``describe(i)``, e.g. :class:`MemoryGraphs`).
+        val: replay frames to validate on (may be empty).
+        files: the files they were read from.
+        weight: the factor their loss weights were multiplied by (> 0, finite).
+    """
+
+    train: Dataset
+    val: Dataset
+    files: list[str]
+    weight: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.weight) and self.weight > 0):
+            raise ValueError(f"replay weight must be positive and finite, got {self.weight}")
+
+
+class MixedSampler(Sampler[int]):
+    """Indices into ``ConcatDataset([new, replay])``: each epoch every new frame once and
+    ``k = max(1, round(ratio * num_new))`` replay frames (indices offset by ``num_new``).
+
+    The replay frames are taken ``k`` at a time, in order, from one seeded permutation of the
+    replay set that continues across epochs and wraps around: epoch ``e`` takes its positions
+    ``[e k, (e + 1) k)`` modulo ``num_replay``. So any ``num_replay`` consecutive draws hold every
+    replay frame once (over any run of epochs, draw counts differ by at most one between frames),
+    and an epoch's draw depends on ``(seed, e)`` only: a resumed run draws what the uninterrupted
+    one would have. With ``shuffle`` the epoch's indices are permuted (seeded by
+    ``seed`` and ``e``); without, the replay indices are spread evenly among the new ones.
+
+    Lightning calls :meth:`set_epoch` before each training epoch with its epoch count (restored on
+    resume). Under DDP it wraps a custom sampler in ``DistributedSamplerWrapper`` (Lightning 2.6),
+    whose ``set_epoch`` forwards the epoch to this sampler and whose ``__iter__`` shards
+    ``list(self)``, so every rank draws the same epoch and takes its share. If ``set_epoch`` is
+    never called (a plain PyTorch loop), each ``__iter__`` is the next epoch, from 0.
+
+    Args:
+        num_new: frames of the new data (the dataset's first ``num_new`` indices), >= 1.
+        num_replay: replay frames (the next ``num_replay`` indices), >= 1.
+        ratio: replay frames drawn per new frame and epoch (> 0, finite).
+        seed: seed of the draws (>= 0).
+        shuffle: permute each epoch's indices.
+    """
+
+    def __init__(
+        self, num_new: int, num_replay: int, ratio: float, seed: int = 0, shuffle: bool = True
+    ) -> None:
+        if num_new < 1 or num_replay < 1:
+            raise ValueError(f"need new and replay frames, got {num_new} and {num_replay}")
+        if not (math.isfinite(ratio) and ratio > 0):
+            raise ValueError(f"replay ratio must be positive and finite, got {ratio}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.num_new, self.num_replay = int(num_new), int(num_replay)
+        self.ratio = float(ratio)
+        self.num_drawn = max(1, round(self.ratio * self.num_new))
+        self.seed = int(seed)
+        self.shuffle = bool(shuffle)
+        self.epoch: int | None = None
+        self._iterations = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw epoch ``epoch`` on the next ``__iter__`` (and every later one until changed)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_new + self.num_drawn
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = self._iterations if self.epoch is None else self.epoch
+        self._iterations += 1
+        return iter(self.indices(epoch).tolist())
+
+    def replay_draw(self, epoch: int) -> np.ndarray:
+        """``[k]`` positions in the replay set drawn for ``epoch``."""
+        order = np.random.default_rng([self.seed, _ORDER]).permutation(self.num_replay)
+        positions = np.arange(epoch * self.num_drawn, (epoch + 1) * self.num_drawn)
+        return order[positions % self.num_replay]
+
+    def indices(self, epoch: int) -> np.ndarray:
+        """``[num_new + k]`` dataset indices of ``epoch``, in the order they are served."""
+        new = np.arange(self.num_new)
+        indices = np.concatenate([new, self.num_new + self.replay_draw(epoch)])
+        if self.shuffle:
+            return np.random.default_rng([self.seed, _EPOCH, epoch]).permutation(indices)
+        place = np.concatenate(
+            [(new + 0.5) / self.num_new, (np.arange(self.num_drawn) + 0.5) / self.num_drawn]
+        )
+        return indices[np.argsort(place, kind="stable")]
 
 
 class MemoryGraphs(Dataset):
@@ -467,4 +621,12 @@ def _as_paths(paths: Paths | None) -> list[str]:
     return [os.fspath(p) for p in paths]
 
 
-__all__ = ["DataModule", "FrameIndex", "MemoryGraphs", "Skipped", "collate"]
+__all__ = [
+    "DataModule",
+    "FrameIndex",
+    "MemoryGraphs",
+    "MixedSampler",
+    "ReplaySet",
+    "Skipped",
+    "collate",
+]

@@ -185,6 +185,13 @@ class StatisticsPass:
         if len(self.stats.outliers) < self.keep:
             self.stats.outliers.append(message)
 
+    def fit_e0(self, fixed: Mapping[int, float]) -> dict[int, float]:
+        """E0s (eV by atomic number) of every element seen, with those of ``fixed`` held at its
+        values and the others fitted to the total energies around them."""
+        fixed = {int(z): float(e) for z, e in fixed.items()}
+        free = sorted(set(np.flatnonzero(np.diag(self.xtx)).tolist()) - set(fixed))
+        return self._e0(fixed, free)
+
     def _e0(self, fixed: Mapping[int, float], free: list[int]) -> dict[int, float]:
         """E0s (eV) with the elements of ``fixed`` held at its values and those of ``free``
         (elements of frames with an energy) fitted by least squares of what remains of the total

@@ -1,10 +1,13 @@
 """Weighted training loss on energy per atom, forces and stress (MSE or Huber).
 
-The loss is a sum over quantities ``k`` of ``weight_k * sum_i w_i rho(r_i) / sum_i w_i``: residuals
+The loss is a sum over quantities ``k`` of ``weight_k * sum_i w_i rho(r_i) / sum_i m_i``: residuals
 ``r`` are energy per atom (eV/atom), force components (eV/Å) and stress components (eV/Å³);
-``w_i`` is the structure's loss weight (``atoms.info["weight"]``, default 1) on labelled entries and
-0 where a structure has no such label. Sums and normalisers are kept apart so that a data-parallel
-run can normalise by the global batch (see :meth:`WeightedLoss.combine`).
+``w_i`` is the structure's loss weight (``atoms.info["weight"]``, default 1; fine-tuning's replay
+frames carry ``finetune.replay_weight``) and ``m_i`` 1 on labelled entries, both 0 where a structure
+has no such label. The normaliser counts labelled entries, not weights, so a structure of weight 2
+counts twice as much as one of weight 1 whatever else its batch holds. Sums and normalisers are
+kept apart so that a data-parallel run can normalise by the global batch (see
+:meth:`WeightedLoss.combine`).
 """
 
 from __future__ import annotations
@@ -90,26 +93,27 @@ class WeightedLoss(nn.Module):
         return functional.huber_loss(residual, zero, reduction="none", delta=self.huber_delta)
 
     def terms(self, pred: dict[str, Tensor], batch) -> dict[str, tuple[Tensor, Tensor]]:
-        """``{quantity: (sum_i w_i rho(r_i), sum_i w_i)}`` (scalars) for the quantities in ``pred``."""
+        """``{quantity: (sum_i w_i rho(r_i), sum_i m_i)}`` (scalars) for the quantities in ``pred``:
+        the weighted penalty and the number of labelled entries."""
         return {
-            name: ((self.penalty(residual) * weight).sum(), weight.sum())
-            for name, (residual, _, weight) in residuals(pred, batch).items()
+            name: ((self.penalty(residual) * weight).sum(), mask.sum())
+            for name, (residual, mask, weight) in residuals(pred, batch).items()
         }
 
     def combine(
         self, terms: dict[str, tuple[Tensor, Tensor]], normalisers: dict[str, Tensor] | None = None
     ) -> Tensor:
-        """``sum_k weight_k * sum_k / normaliser_k``; normalisers default to the local weight sums
-        (a data-parallel run passes global weight sums divided by the number of processes)."""
+        """``sum_k weight_k * sum_k / normaliser_k``; normalisers default to the local label counts
+        (a data-parallel run passes global counts divided by the number of processes)."""
         total = None
-        for name, (value, weight_sum) in terms.items():
-            norm = weight_sum if normalisers is None else normalisers[name]
+        for name, (value, count) in terms.items():
+            norm = count if normalisers is None else normalisers[name]
             term = self.weights[name] * value / norm.clamp(min=torch.finfo(value.dtype).tiny)
             total = term if total is None else total + term
         return total
 
     def forward(self, pred: dict[str, Tensor], batch) -> Tensor:
-        """The loss of one batch, normalised by its own weight sums."""
+        """The loss of one batch, normalised by its own label counts."""
         return self.combine(self.terms(pred, batch))
 
 

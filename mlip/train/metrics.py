@@ -18,7 +18,8 @@ from mlip.train.loss import QUANTITIES, WeightedLoss, residuals
 
 
 class ErrorSums:
-    """Running sums ``[quantity, (sum|r|, sum r^2, count, sum w rho(r), sum w)]``."""
+    """Running sums ``[quantity, (sum|r|, sum r^2, count, sum w rho(r))]`` (count: labelled
+    entries, the loss's normaliser as in training)."""
 
     def __init__(self) -> None:
         self.total: Tensor | None = None
@@ -40,12 +41,11 @@ class ErrorSums:
                             (r.square() * mask).sum(),
                             mask.sum(),
                             (loss.penalty(r) * weight).sum(),
-                            weight.sum(),
                         ]
                     )
                 )
             else:
-                rows.append(pred["energy"].new_zeros(5))
+                rows.append(pred["energy"].new_zeros(4))
         sums = torch.stack(rows).to(torch.float64)
         self.total = sums if self.total is None else self.total + sums
 
@@ -62,10 +62,9 @@ class ErrorSums:
         out: dict[str, float] = {}
         value = 0.0
         for k, name in enumerate(QUANTITIES):
-            abs_sum, sq_sum, count, loss_sum, weight_sum = total[k].tolist()
-            if weight_sum > 0:
-                value += loss.weights[name] * loss_sum / weight_sum
+            abs_sum, sq_sum, count, loss_sum = total[k].tolist()
             if count > 0:
+                value += loss.weights[name] * loss_sum / count
                 out[f"{name}_mae_{keys.metric_unit(name)}"] = 1000.0 * abs_sum / count
                 out[f"{name}_rmse_{keys.metric_unit(name)}"] = 1000.0 * (sq_sum / count) ** 0.5
         out["loss"] = value

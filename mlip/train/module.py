@@ -5,7 +5,9 @@ process at once: a non-finite loss or gradient skips the step and is counted, an
 ``max_nonfinite`` consecutive ones stop the run with :class:`NonFiniteLossError` (the last
 checkpoint, written before, stays). In data-parallel runs the loss of each process is normalised by
 the global batch's label count, so gradients equal those of one process on the whole batch.
-Validation, test and export use the EMA weights.
+Validation, test and export use the EMA weights. Validation loader 0 is the new data's
+(``val/<metric>``, ``val/loss`` picks the best checkpoint); loader 1, where the data module has one,
+is the replay set's (``val_replay/<metric>``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from mlip.train.schedules import BudgetCosine
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], LRScheduler | ReduceLROnPlateau]
+VAL_STAGES = ("val", "val_replay")
+"""The metric prefix of each validation loader: the new data's, then the replay set's."""
 
 
 class PotentialModule(pl.LightningModule):
@@ -44,6 +48,8 @@ class PotentialModule(pl.LightningModule):
         ema_decay: decay of the exponential moving average of the weights; None disables it.
         gradient_clip: maximum gradient norm; None disables clipping.
         max_nonfinite: consecutive skipped steps (non-finite loss or gradient) that stop the run.
+        warmup_steps: the learning rate of the first steps is scaled by ``(step + 1) /
+            warmup_steps`` (fine-tuning; 0: no warm-up); the scheduler's rate is unchanged.
         metadata: plain JSON-able dict stored in checkpoints and the model file (data, statistics).
         config: plain dict of the whole run configuration, saved as hyperparameters (logged).
     """
@@ -57,6 +63,7 @@ class PotentialModule(pl.LightningModule):
         ema_decay: float | None = 0.99,
         gradient_clip: float | None = 10.0,
         max_nonfinite: int = 10,
+        warmup_steps: int = 0,
         metadata: dict[str, Any] | None = None,
         config: dict[str, Any] | None = None,
     ) -> None:
@@ -69,11 +76,12 @@ class PotentialModule(pl.LightningModule):
         self.ema = ExponentialMovingAverage(potential, ema_decay) if ema_decay else None
         self.gradient_clip = gradient_clip
         self.max_nonfinite = int(max_nonfinite)
+        self.warmup_steps = int(warmup_steps)
         self.metadata = dict(metadata or {})
         self.nonfinite_steps = 0
         self.consecutive_nonfinite = 0
         self.epoch_steps = {"taken": 0, "skipped": 0}
-        self.errors = {"val": ErrorSums(), "test": ErrorSums()}
+        self.errors = {stage: ErrorSums() for stage in (*VAL_STAGES, "test")}
         self.last_metrics: dict[str, dict[str, float]] = {}
         if config is not None:
             self.save_hyperparameters(config)
@@ -108,8 +116,8 @@ class PotentialModule(pl.LightningModule):
         terms = self.loss_fn.terms(pred, batch)
         # normalise by the global batch: DDP averages gradients over processes
         names = list(terms)
-        weight_sums = torch.stack([terms[n][1] for n in names]).detach()
-        global_sums = self._sum_over_processes(weight_sums) / self.trainer.world_size
+        counts = torch.stack([terms[n][1] for n in names]).detach()
+        global_sums = self._sum_over_processes(counts) / self.trainer.world_size
         loss = self.loss_fn.combine(terms, dict(zip(names, global_sums, strict=True)))
         if self.trainer.world_size > 1:
             # every parameter takes part in the graph, so DDP sees no unused parameters
@@ -127,7 +135,7 @@ class PotentialModule(pl.LightningModule):
         if not self._finite_everywhere(torch.nn.utils.get_total_norm(grads)):
             optimizer.zero_grad()
             return self._skip_step(batch_idx, "gradient")
-        optimizer.step()
+        self._step(optimizer)
         self.consecutive_nonfinite = 0
         self.epoch_steps["taken"] += 1
         if self.ema is not None:
@@ -137,10 +145,23 @@ class PotentialModule(pl.LightningModule):
         self.log(
             "train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=size
         )
-        for name, (value, weight_sum) in terms.items():
-            mean = (value / weight_sum.clamp(min=1e-12)).detach()
+        for name, (value, count) in terms.items():
+            mean = (value / count.clamp(min=1e-12)).detach()
             self.log(f"train/loss_{name}", mean, on_step=False, on_epoch=True, batch_size=size)
         return loss.detach()
+
+    def _step(self, optimizer) -> None:
+        """One optimiser step, at a learning rate scaled down while warming up."""
+        factor = min(1.0, (self.global_step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        if factor == 1.0:
+            optimizer.step()
+            return
+        rates = [group["lr"] for group in optimizer.param_groups]
+        for group, lr in zip(optimizer.param_groups, rates, strict=True):
+            group["lr"] = lr * factor
+        optimizer.step()
+        for group, lr in zip(optimizer.param_groups, rates, strict=True):
+            group["lr"] = lr
 
     def _finite_everywhere(self, value: Tensor) -> bool:
         """Whether ``value`` is finite on every process (all processes get the same answer)."""
@@ -196,22 +217,24 @@ class PotentialModule(pl.LightningModule):
 
     # -- evaluation -----------------------------------------------------------------------------
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         pred = self._predict(self.eval_potential, batch, training=False)
-        self.errors["val"].update(pred, batch, self.loss_fn)
+        self.errors[VAL_STAGES[dataloader_idx]].update(pred, batch, self.loss_fn)
 
     def test_step(self, batch, batch_idx: int) -> None:
         pred = self._predict(self.eval_potential, batch, training=False)
         self.errors["test"].update(pred, batch, self.loss_fn)
 
     def on_validation_epoch_start(self) -> None:
-        self.errors["val"].reset()
+        for stage in VAL_STAGES:
+            self.errors[stage].reset()
 
     def on_test_epoch_start(self) -> None:
         self.errors["test"].reset()
 
     def on_validation_epoch_end(self) -> None:
-        self._log_errors("val")
+        for stage in VAL_STAGES:
+            self._log_errors(stage)
 
     def on_test_epoch_end(self) -> None:
         self._log_errors("test")

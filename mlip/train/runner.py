@@ -40,9 +40,10 @@ from mlip.errors import ConfigError, TrainingInterrupted, TrainingTerminated
 from mlip.export import load_checkpoint, remove_partial_checkpoints, save_model
 from mlip.nn.config import default_dtype
 from mlip.nn.potential import Potential
-from mlip.train import CONF_DIR
+from mlip.train import CONF_DIR, finetune
 from mlip.train.checkpoint import AtomicCheckpointIO
 from mlip.train.module import PotentialModule
+from mlip.train.replay import pseudo_label, replay_set
 from mlip.train.rundir import is_first_process, locked_run_dir, record_config
 
 """What ``cfg.data`` builds: frames in memory, or streamed from LMDB (``data=lmdb``)."""
@@ -122,23 +123,37 @@ def build_potential(cfg: DictConfig, datamodule: DataModule) -> Potential:
         )
 
 
-def train(cfg: DictConfig) -> TrainResult:
+def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> TrainResult:
     """Train, test and export as ``cfg`` says; returns the trained module and the model path.
+
+    ``overrides``: the ``KEY=VALUE`` strings ``cfg`` was composed with (default: Hydra's, inside
+    ``mlip train``; else none). A fine-tuning run (``finetune_from``) needs them to tell the
+    settings given from those it takes from the base model file.
 
     Raises :class:`~mlip.errors.RunDirectoryInUse` if another live process trains in
     ``cfg.run_dir``, :class:`TrainingTerminated` on SIGTERM and :class:`TrainingInterrupted` on
     SIGINT (Ctrl+C) while fitting or testing.
     """
     check_config(cfg)  # before the lock and .hydra/: a bad value leaves the directory alone
+    base = None
+    if cfg.get("finetune_from"):
+        base = finetune.prepare(cfg, _command_overrides() if overrides is None else overrides)
     run_dir = Path(cfg.run_dir)
     if not is_first_process():
-        return _train(cfg, run_dir)
+        return _train(cfg, run_dir, base)
     with locked_run_dir(run_dir):
         record_config(cfg, run_dir)
-        return _train(cfg, run_dir)
+        return _train(cfg, run_dir, base)
 
 
-def _train(cfg: DictConfig, run_dir: Path) -> TrainResult:
+def _command_overrides() -> list[str]:
+    """The overrides of the running Hydra app (``mlip train``), or none outside one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _train(cfg: DictConfig, run_dir: Path, base: tuple[Path, Potential] | None) -> TrainResult:
     started = time.perf_counter()
     ckpt_dir = run_dir / "checkpoints"
     if rank_zero_only.rank == 0:
@@ -156,12 +171,12 @@ def _train(cfg: DictConfig, run_dir: Path) -> TrainResult:
 
     datamodule: DataModule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("fit")  # reads and checks every file before anything trains
-    potential = build_potential(cfg, datamodule)
-    metadata = {
-        "data": datamodule.describe(),
-        "statistics": datamodule.statistics.as_dict(),
-        "run_dir": str(run_dir.resolve()),
-    }
+    metadata = {"statistics": datamodule.statistics.as_dict(), "run_dir": str(run_dir.resolve())}
+    if base is None:
+        potential = build_potential(cfg, datamodule)
+    else:
+        potential, metadata["finetune"] = _start_finetune(cfg, run_dir, base, datamodule)
+    metadata["data"] = datamodule.describe()
     plain = OmegaConf.to_container(cfg, resolve=True)
     module = instantiate(cfg.module, _partial_=True, _convert_="all")(
         potential=potential,
@@ -196,7 +211,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> TrainResult:
         plugins=[AtomicCheckpointIO()],
         inference_mode=False,  # forces need autograd during validation and test
     )
-    _report_start(cfg, datamodule, potential, resume_from, resumed_at)
+    _report_start(cfg, datamodule, potential, resume_from, resumed_at, metadata.get("finetune"))
 
     with _signals_end_the_run(ckpt_dir / "last.ckpt"):
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
@@ -229,6 +244,53 @@ def _train(cfg: DictConfig, run_dir: Path) -> TrainResult:
         _report_end(model_path, metrics, datamodule, time.perf_counter() - started)
     _finish(loggers)
     return TrainResult(run_dir, model_path, module, datamodule, trainer, metrics)
+
+
+def _start_finetune(
+    cfg: DictConfig, run_dir: Path, base: tuple[Path, Potential], datamodule: DataModule
+) -> tuple[Potential, dict]:
+    """The base potential grown to the data's elements, with its E0s, frozen modules and replay
+    as ``cfg.finetune`` says, and the ``"finetune"`` metadata."""
+    path, base_potential = base
+    settings: finetune.FineTune = instantiate(cfg.finetune, _convert_="all")
+    stats = datamodule.statistics
+    held = datamodule.isolated_e0
+    potential, info = finetune.start(
+        base_potential,
+        path,
+        settings,
+        stats.species,
+        dict(zip(stats.species, stats.e0, strict=True)),
+        lambda fixed: datamodule.statistics_pass.fit_e0({**held, **fixed}),
+    )
+    weight_decay = OmegaConf.select(cfg, "optim.optimizer.weight_decay") or 0.0
+    finetune.check_frozen_rows(potential, info["frozen"], weight_decay)
+    if settings.replay:
+        files = settings.replay
+        if files == "pseudo":
+            out = run_dir / "replay_pseudo.extxyz"
+            pseudo_label(
+                base_potential, settings.pseudo_structures, out, settings.pseudo_copies,
+                settings.pseudo_rattle, settings.pseudo_strain, cfg.seed,
+                progress=datamodule.progress,
+            )  # fmt: skip
+            files = [str(out)]
+        replay = replay_set(
+            files, cfg.cutoff, potential.species.tolist(), settings.replay_weight,
+            settings.replay_val_fraction, cfg.seed, dtype=datamodule.dtype,
+            label_keys=datamodule.label_keys, progress=datamodule.progress,
+        )  # fmt: skip
+        datamodule.add_replay(replay, settings.replay_ratio, cfg.seed)
+        info["replay"] = {
+            "files": [str(Path(f).resolve()) for f in files],
+            "pseudo": settings.replay == "pseudo",
+            "pseudo_structures": settings.pseudo_structures,
+            "ratio": settings.replay_ratio,
+            "weight": settings.replay_weight,
+            "num_train_frames": len(replay.train),
+            "num_val_frames": len(replay.val),
+        }
+    return potential, info
 
 
 @contextmanager
@@ -266,6 +328,7 @@ def _report_start(
     potential: Potential,
     resume_from: Path | None,
     resumed_at: tuple[int, int] | None,
+    tuned: dict | None = None,
 ) -> None:
     stats = datamodule.statistics
     described = datamodule.describe()
@@ -280,12 +343,40 @@ def _report_start(
         f"  model: {type(potential.model).__name__}, {params} parameters, {cfg.dtype}",
         flush=True,
     )
+    if tuned is not None:
+        _report_finetune(tuned)
     _report_bad(described)
     if resume_from is not None:
         epoch, step = resumed_at
         print(
             f"  resuming from {resume_from} (after epoch {epoch}, global step {step})", flush=True
         )
+
+
+def _report_finetune(tuned: dict) -> None:
+    """What a fine-tuning run took from its base model and what it changed."""
+    kept = tuned["kept_from_base"]
+    e0 = tuned["e0"]
+    new = ", ".join(tuned["new_elements"]) or "none"
+    used = ", ".join(f"{el} {v:.4f}" for el, v in e0["used_eV"].items())
+    lines = [
+        f"  fine-tuning {tuned['base_model']} (sha256 {tuned['base_sha256'][:12]}): elements "
+        f"{' '.join(tuned['base_elements'])}, new {new}",
+        f"    kept from the base: cutoff {kept['cutoff_A']} Å, mean neighbours "
+        f"{kept['avg_num_neighbors']:.2f}, scale {', '.join(f'{v:.4f}' for v in kept['scale_eV'])} eV",
+        f"    E0 ({e0['mode']}): {used} eV; learning rate {tuned['lr']:g}, warm-up "
+        f"{tuned['warmup_steps']} steps",
+    ]
+    if tuned["frozen"]:
+        lines.append(f"    frozen ({len(tuned['frozen'])} tensors): {', '.join(tuned['freeze'])}")
+    replay = tuned.get("replay")
+    if replay:
+        lines.append(
+            f"    replay: {replay['num_train_frames']} train / {replay['num_val_frames']} val frames "
+            f"({'pseudo-labelled by the base, ' if replay['pseudo'] else ''}ratio "
+            f"{replay['ratio']:g}, weight {replay['weight']:g}) from {', '.join(replay['files'])}"
+        )
+    print("\n".join(lines), flush=True)
 
 
 def _report_bad(described: dict) -> None:
