@@ -346,3 +346,47 @@ def test_warmup_scales_the_first_steps_and_leaves_the_schedule_alone():
     module.warmup_steps = 0
     module._step(optimizer)
     assert weight.item() == pytest.approx(-1.25)
+
+
+def test_pseudo_replay_labels_once_and_a_rerun_resumes_without_relabelling(base, data, tmp_path):
+    run = tmp_path / "run"
+    overrides = finetune_run(
+        run, base, data["au"], "finetune.replay=pseudo",
+        f"finetune.pseudo_structures={data['cu_test']}", "finetune.pseudo_copies=1",
+        "trainer.max_epochs=1",
+    )  # fmt: skip
+    first = train(compose(overrides), overrides)
+    pseudo = run / "replay_pseudo.extxyz"
+    labelled = ase.io.read(pseudo, ":")
+    assert len(labelled) == 20 and {a.info["config_type"] for a in labelled} == {"pseudo"}
+    base_energy = energies(mlip.load_model(base), labelled[:1])[keys.ENERGY].item()
+    assert labelled[0].get_potential_energy() == pytest.approx(base_energy, abs=1e-6)
+    written = pseudo.stat().st_mtime_ns
+
+    again = [*overrides, "trainer.max_epochs=2"]
+    second = train(compose(again), again)
+    assert second.trainer.global_step == 2 * first.trainer.global_step  # resumed, not restarted
+    assert pseudo.stat().st_mtime_ns == written
+    replay = mlip.load_model(second.model_path).metadata["finetune"]["replay"]
+    assert replay["pseudo"] and replay["num_train_frames"] + replay["num_val_frames"] == 20
+    assert "pseudo-labelled by the base model" in _info(second.model_path)
+
+
+def test_finetune_with_replay_under_ddp(base, data, tmp_path):
+    import subprocess
+    import sys
+
+    overrides = finetune_run(
+        tmp_path / "ddp", base, data["cuau"], f"finetune.replay={data['cu']}",
+        "trainer.max_epochs=1", "trainer.devices=2", "trainer.strategy=ddp",
+        "trainer.accelerator=cpu",
+    )  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "mlip.cli", "train", *overrides],
+        capture_output=True, text=True, cwd=tmp_path, timeout=400,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    tuned = mlip.load_model(tmp_path / "ddp" / "model.pt")
+    assert tuned.elements == ["Cu", "Au"] and tuned.metadata["finetune"]["replay"]["ratio"] == 0.5
+    log = (tmp_path / "ddp" / "logs" / "version_0" / "metrics.csv").read_text()
+    assert "val_replay/forces_rmse_meV_per_A" in log
