@@ -181,8 +181,9 @@ def test_product_is_equivariant_under_rotation_and_inversion():
         product = GauntProduct(2, 3, l_in, l_out, correlation=3)
     species = torch.tensor([0, 1, 1])
     rotation = -o3.rand_matrix(dtype=torch.float64)  # a rotation times the inversion
-    d_in = o3.Irreps.spherical_harmonics(l_in).D_from_matrix(rotation)
-    d_out = o3.Irreps.spherical_harmonics(l_out).D_from_matrix(rotation)
+    with default_dtype(torch.float64):  # e3nn >= 0.5 builds D in the default dtype
+        d_in = o3.Irreps.spherical_harmonics(l_in).D_from_matrix(rotation)
+        d_out = o3.Irreps.spherical_harmonics(l_out).D_from_matrix(rotation)
     x = torch.randn(3, 3, (l_in + 1) ** 2, dtype=torch.float64)
 
     def apply(v: torch.Tensor) -> torch.Tensor:

@@ -24,10 +24,9 @@ def _random_features(channels: list[int], seed: int) -> list[torch.Tensor]:
 
 
 def _rotate(h: list[torch.Tensor], rotation: torch.Tensor) -> list[torch.Tensor]:
-    return [
-        torch.einsum("ij,ncj->nci", o3.Irrep(l, (-1) ** l).D_from_matrix(rotation), x)
-        for l, x in enumerate(h)
-    ]
+    with default_dtype(torch.float64):  # e3nn >= 0.5 builds D in the default dtype
+        d = [o3.Irrep(l, (-1) ** l).D_from_matrix(rotation) for l in range(len(h))]
+    return [torch.einsum("ij,ncj->nci", d[l], x) for l, x in enumerate(h)]
 
 
 def _error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
