@@ -91,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, help="default: a new temporary directory")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="`mlip train` override for the fine-tuning runs (repeatable; e.g. --set finetune.lr=0.003)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -116,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             *SHARED,
         ]
         row = {"frames": size}
-        for name, extra in (("scratch", ARCHITECTURE), ("finetuned", ["finetune_from=default"])):
+        for name, extra in (
+            ("scratch", ARCHITECTURE),
+            ("finetuned", ["finetune_from=default", *args.set]),
+        ):
             model = run(
                 f"{size} frames, {name}", [f"run_dir={workdir / f'{name}_{size}'}", *extra, *common]
             )

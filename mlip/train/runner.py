@@ -278,7 +278,8 @@ def _start_finetune(
         replay = replay_set(
             files, cfg.cutoff, potential.species.tolist(), settings.replay_weight,
             settings.replay_val_fraction, cfg.seed, dtype=datamodule.dtype,
-            label_keys=datamodule.label_keys, progress=datamodule.progress,
+            label_keys=None if settings.replay == "pseudo" else datamodule.label_keys,
+            progress=datamodule.progress, min_distance=datamodule.min_distance,
         )  # fmt: skip
         datamodule.add_replay(replay, settings.replay_ratio, cfg.seed)
         info["replay"] = {
