@@ -29,11 +29,9 @@ def convert(
     overwrite: bool = False,
     progress: bool = True,
 ) -> tuple[int, BadFrames]:
-    """Copy the frames of ``source`` (any readable format) to ``target``, whose suffix picks the
-    format: ``.xyz``/``.extxyz``, ``.db`` (ASE SQLite) or ``.aselmdb``. Labels go to the
-    calculator results, ``info`` (charge, spin and the rest) to the extxyz comment line or the
-    row's ``data``, as the readers expect them. Returns the number of frames written and the bad
-    frames."""
+    """Copy the frames of ``source`` (any readable format) to ``target``: ``.xyz``/``.extxyz``,
+    ``.db`` (ASE SQLite) or ``.aselmdb``, labels as calculator results, ``info`` (charge, spin, the
+    rest) in the extxyz comment line or the row's ``data``. Returns frames written and bad frames."""
     source, target = Path(source), Path(target)
     if target.suffix not in (".xyz", ".extxyz", ".db", ".aselmdb"):
         raise DataError(f"{target}: unknown output format (use .xyz, .extxyz, .db or .aselmdb)")
@@ -47,8 +45,7 @@ def convert(
     written = 0
     try:
         with _FrameWriter(partial, target.suffix) as writer:
-            frames = records(source, keys=keys, required=())
-            for where, atoms in bar(frames, progress, source.name):
+            for where, atoms in bar(records(source, keys=keys, required=()), progress, source.name):
                 if isinstance(atoms, DataError):
                     bad.add(atoms)
                     continue
@@ -60,10 +57,10 @@ def convert(
                 written += 1
     except BaseException:
         partial.unlink(missing_ok=True)
-        Path(f"{partial}-lock").unlink(missing_ok=True)
         raise
+    finally:
+        Path(f"{partial}-lock").unlink(missing_ok=True)  # LMDB's lock file
     partial.replace(target)
-    Path(f"{partial}-lock").unlink(missing_ok=True)  # LMDB's lock file
     return written, bad
 
 
@@ -78,8 +75,8 @@ def preprocess(
     elements: Sequence[int] | None = None,
     progress: bool = True,
 ) -> tuple[int, BadFrames]:
-    """Build the graphs of ``paths`` once and store them in the graph cache ``target``
-    (read it with :class:`~mlip.data.lmdb.GraphLMDBDataset`). Returns graphs written and bad frames."""
+    """Store the graphs of ``paths`` in the graph cache ``target``
+    (:class:`~mlip.data.lmdb.GraphLMDBDataset`). Returns graphs written and bad frames."""
     bad = BadFrames(on_error)
     writer = GraphLMDBWriter(target)
     try:
@@ -102,57 +99,38 @@ def preprocess(
 
 
 class _FrameWriter:
-    """Appends labelled frames to an extxyz file or an ASE database, committing in chunks."""
+    """Appends labelled frames to an extxyz file or an ASE database, a transaction per ``chunk``."""
 
     def __init__(self, path: Path, suffix: str, chunk: int = 1000) -> None:
-        self.path, self.suffix, self.chunk, self.count = path, suffix, chunk, 0
-        self.handle = None
-        self.db = None
+        self.path, self.chunk, self.count = path, chunk, 0
+        self.kind = {".db": "db", ".aselmdb": "aselmdb"}.get(suffix, "extxyz")
+        self.handle = open(path, "w", encoding="utf-8") if self.kind == "extxyz" else None
+        self.db = None if self.handle else self._connect()
 
-    def __enter__(self) -> _FrameWriter:
-        if self.suffix in (".xyz", ".extxyz"):
-            self.handle = open(self.path, "w", encoding="utf-8")
-        else:
-            kind = "aselmdb" if self.suffix == ".aselmdb" else "db"
-            self.db = ase.db.connect(str(self.path), type=kind, use_lock_file=False)
-            self._begin()
-        return self
+    def _connect(self) -> Any:
+        return ase.db.connect(str(self.path), type=self.kind, use_lock_file=False).__enter__()
 
     def write(self, atoms: Atoms) -> None:
         if self.handle is not None:
             ase.io.write(self.handle, atoms, format="extxyz")
-        else:
-            data = {key: _plain(value) for key, value in atoms.info.items()}
-            extra = set(atoms.arrays) - {"numbers", "positions"}
-            data.update({name: atoms.arrays[name] for name in sorted(extra)})
-            self.db.write(atoms, data=data)
-            self.count += 1
-            if self.count % self.chunk == 0:
-                self._commit()
-                self._begin()
-
-    def _begin(self) -> None:
-        # ASE-LMDB and SQLite databases batch writes inside `with db:`; LMDB's one transaction
-        # lives in `db.txn` (as LMDBDatabase.__enter__ sets it), which `with` would also close.
-        if self.suffix == ".aselmdb":
-            self.db.txn = self.db.env.begin(write=True)
-        else:
-            self.db.__enter__()
-
-    def _commit(self) -> None:
-        if self.suffix == ".aselmdb":
-            self.db.txn.commit()
-            del self.db.txn
-        else:
+            return
+        data = {key: _plain(value) for key, value in atoms.info.items()}
+        extra = set(atoms.arrays) - {"numbers", "positions"}
+        data.update({name: atoms.arrays[name] for name in sorted(extra)})
+        self.db.write(atoms, data=data)
+        self.count += 1
+        if self.count % self.chunk == 0:  # commit (ASE-LMDB also closes) and go on
             self.db.__exit__(None, None, None)
+            self.db = self._connect()
+
+    def __enter__(self) -> _FrameWriter:
+        return self
 
     def __exit__(self, *exc: Any) -> None:
         if self.handle is not None:
             self.handle.close()
-            return
-        self._commit()
-        if self.suffix == ".aselmdb":
-            self.db.close()
+        else:
+            self.db.__exit__(None, None, None)
 
 
 def _plain(value: Any) -> Any:

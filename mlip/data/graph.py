@@ -16,19 +16,14 @@ from mlip import keys
 from mlip.errors import AtomsTooCloseError, GeometryError
 
 MIN_DISTANCE = 0.5
-"""Å: the smallest interatomic distance the commands accept by default (training, evaluation,
-relaxation and MD); closer atoms are an input error, not a structure to score."""
+"""Å: the smallest interatomic distance the commands accept by default (closer: an input error)."""
 
 
 def neighbour_list(atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Full neighbour list of ``atoms`` within ``cutoff`` Å, periodic images included.
-
-    Returns ``(i, j, shifts)``: centres ``i [E]``, neighbours ``j [E]`` and integer image offsets
-    ``shifts [E, 3]`` with ``r_ij = pos[j] - pos[i] + shifts @ cell``. Each pair appears in both
-    directions. Directions without periodicity need no cell vector (molecules may have a zero cell).
-    Raises :class:`GeometryError` for non-finite positions or cell and for periodic cell vectors
-    that span no volume.
-    """
+    """Full neighbour list within ``cutoff`` Å, periodic images included: centres ``i [E]``,
+    neighbours ``j [E]`` and integer image offsets ``shifts [E, 3]``, ``r_ij = pos[j] - pos[i] +
+    shifts @ cell``, each pair in both directions. Non-periodic directions need no cell vector.
+    Raises :class:`GeometryError` for non-finite positions or cell, or a cell without volume."""
     pbc = np.asarray(atoms.pbc, dtype=bool)
     positions = np.ascontiguousarray(atoms.positions, dtype=np.float64)
     if len(atoms) == 0:
@@ -43,8 +38,8 @@ def neighbour_list(atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray,
 
 
 def _checked_cell(atoms: Atoms, cutoff: float) -> np.ndarray:
-    """The cell vectors the neighbour search uses (see :func:`_complete_cell`), after checking that
-    positions and cell are finite and that the periodic vectors are independent."""
+    """The cell of the neighbour search (:func:`_complete_cell`), positions and cell checked to
+    be finite and the periodic vectors independent."""
     formula = atoms.get_chemical_formula()
     positions, cell = atoms.positions, np.array(atoms.cell.array, dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
@@ -74,11 +69,8 @@ def _checked_cell(atoms: Atoms, cutoff: float) -> np.ndarray:
 def _complete_cell(
     cell: np.ndarray, pbc: np.ndarray, positions: np.ndarray, cutoff: float
 ) -> np.ndarray:
-    """Give every non-periodic direction with a zero vector one that spans the structure.
-
-    Image shifts along such directions are always zero, so the vector only has to make the box
-    non-singular and large enough for the cell-list search.
-    """
+    """``cell`` with a vector spanning the structure in every non-periodic direction that has
+    none (its image shifts are zero: it only makes the cell-list box non-singular)."""
     cell = cell.copy()
     for axis in np.flatnonzero(~pbc):
         if np.linalg.norm(cell[axis]) > 0:
@@ -95,16 +87,10 @@ def _complete_cell(
 def local_coordinates(
     atoms: Atoms, i: np.ndarray, j: np.ndarray, shifts: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The same structure with its positions next to the origin: ``(positions [N, 3], shifts
-    [E, 3])`` for the pairs ``(i, j, shifts)`` of :func:`neighbour_list`.
-
-    Along periodic directions an atom more than half a cell outside the cell is moved into it by a
-    lattice vector (its pairs' image shifts change to match; atoms near the faces stay where they
-    are, so that a crystal is not cut open at its faces); along the others the structure is
-    centred. Every pair vector, hence the energy, forces and stress, stays the same, but float32
-    edge vectors no longer lose precision when a structure sits far from the origin (1e6 Å away,
-    float32 positions are only good to 0.06 Å). Computed in float64.
-    """
+    """``(positions [N, 3], shifts [E, 3])`` of the same pairs with the structure next to the
+    origin (float64): an atom more than half a cell outside the cell moved in by a lattice vector
+    (its shifts changed to match), non-periodic directions centred. Pair vectors stay the same,
+    but float32 ones keep their precision far from the origin."""
     positions = np.asarray(atoms.positions, dtype=np.float64)
     pbc = np.asarray(atoms.pbc, dtype=bool)
     if len(atoms) == 0:
@@ -124,8 +110,8 @@ def local_coordinates(
 def too_close(
     numbers: np.ndarray, i: np.ndarray, j: np.ndarray, distances: np.ndarray, min_distance: float
 ) -> AtomsTooCloseError | None:
-    """The error naming the closest pair if it is nearer than ``min_distance`` Å, else None
-    (``numbers [N]``: atomic numbers; ``distances [E]`` of the pairs ``(i, j)``; 0: no check)."""
+    """The error naming the closest of the pairs ``(i, j)`` (``distances [E]`` Å) if it is nearer
+    than ``min_distance`` Å (0: no check), else None; ``numbers [N]``: atomic numbers."""
     if min_distance <= 0 or not len(distances) or distances.min() >= min_distance:
         return None
     k = int(np.argmin(distances))
@@ -145,8 +131,7 @@ def edge_lengths(graph: Data) -> np.ndarray:
 
 
 def charge_spin(atoms: Atoms) -> tuple[float, float]:
-    """Total charge (e) and spin multiplicity (``2S + 1``) of ``atoms``, from ``atoms.info``
-    (defaults 0 and 1)."""
+    """Total charge (e) and spin multiplicity ``2S + 1`` from ``atoms.info`` (default 0 and 1)."""
     return float(atoms.info.get(keys.CHARGE, 0.0)), float(atoms.info.get(keys.SPIN, 1.0))
 
 
@@ -158,14 +143,10 @@ def pairs_to_graph(
     dtype: torch.dtype | None = None,
     min_distance: float = 0.0,
 ) -> Data:
-    """One structure as a ``torch_geometric`` ``Data`` with the unlabelled fields of
-    :mod:`mlip.keys`, from its pairs ``(i [E], j [E], shifts [E, 3])`` as :func:`neighbour_list`
-    gives them (found here or earlier, e.g. by a Verlet list): no neighbour search.
-
-    Positions and shifts are those of :func:`local_coordinates` (computed in float64), then cast to
-    ``dtype`` (default: torch's default) with the cell, charge and spin. Raises
-    :class:`AtomsTooCloseError` for two atoms closer than ``min_distance`` Å (0: no check).
-    """
+    """One structure as a ``Data`` with the unlabelled fields of :mod:`mlip.keys`, from pairs
+    ``(i [E], j [E], shifts [E, 3])`` as :func:`neighbour_list` gives them (no neighbour search),
+    in :func:`local_coordinates`; floats in ``dtype`` (default: torch's). Raises
+    :class:`AtomsTooCloseError` for two atoms closer than ``min_distance`` Å (0: no check)."""
     dtype = dtype or torch.get_default_dtype()
     positions, shifts = local_coordinates(atoms, i, j, shifts)
     if min_distance > 0:
@@ -195,45 +176,27 @@ def atoms_to_graph(
     labels: bool = False,
     min_distance: float = 0.0,
 ) -> Data:
-    """One structure as a ``torch_geometric`` ``Data`` with the fields of :mod:`mlip.keys`: its
-    :func:`neighbour_list` within ``cutoff`` Å through :func:`pairs_to_graph`.
-
-    ``dtype`` (default: torch's default) is used for positions, cell and labels. Positions are
-    those of :func:`local_coordinates` (periodic structures wrapped into their cell, others
-    centred). With ``labels=True`` energy (eV), forces (eV/Å), stress (eV/Å³), charge and spin are
-    read from ``atoms.calc.results`` and ``atoms.info``; absent ones are zero-filled and flagged by
-    ``has_energy`` / ``has_forces`` / ``has_stress`` ([1] bool). Raises :class:`GeometryError` for
-    a structure no graph can be built from and :class:`AtomsTooCloseError` for two atoms closer
-    than ``min_distance`` Å (0: no check).
-    """
+    """One structure as a ``Data`` with the fields of :mod:`mlip.keys`: :func:`pairs_to_graph`
+    of its :func:`neighbour_list` within ``cutoff`` Å. With ``labels``, energy (eV), forces (eV/Å),
+    stress (eV/Å³) and the loss weight from ``atoms.calc.results`` and ``atoms.info``; absent ones
+    zero-filled and flagged by ``has_energy`` / ``has_forces`` / ``has_stress`` ([1] bool)."""
     dtype = dtype or torch.get_default_dtype()
-    i, j, shifts = neighbour_list(atoms, cutoff)
-    data = pairs_to_graph(atoms, i, j, shifts, dtype, min_distance)
-    if labels:
-        _attach_labels(data, atoms, dtype)
-    return data
-
-
-def _attach_labels(data: Data, atoms: Atoms, dtype: torch.dtype) -> None:
+    data = pairs_to_graph(atoms, *neighbour_list(atoms, cutoff), dtype, min_distance)
+    if not labels:
+        return data
     results = atoms.calc.results if atoms.calc is not None else {}
-    n = len(atoms)
-    energy = results.get("energy")
-    forces = results.get("forces")
-    stress = results.get("stress")
+    energy, forces, stress = (results.get(name) for name in keys.LABELS)
     data[keys.HAS_ENERGY] = torch.tensor([energy is not None])
     data[keys.HAS_FORCES] = torch.tensor([forces is not None])
     data[keys.HAS_STRESS] = torch.tensor([stress is not None])
     data[keys.ENERGY] = torch.tensor([0.0 if energy is None else float(energy)], dtype=dtype)
-    data[keys.FORCES] = (
-        torch.zeros(n, 3, dtype=dtype) if forces is None else torch.tensor(forces, dtype=dtype)
-    )
-    if stress is None:
-        stress3 = np.zeros((3, 3))
-    else:
-        stress = np.asarray(stress, dtype=np.float64)
-        stress3 = voigt_6_to_full_3x3_stress(stress) if stress.shape == (6,) else stress
-    data[keys.STRESS] = torch.tensor(stress3, dtype=dtype).reshape(1, 3, 3)
+    forces = np.zeros((len(atoms), 3)) if forces is None else forces
+    data[keys.FORCES] = torch.tensor(np.asarray(forces), dtype=dtype)
+    stress = np.zeros((3, 3)) if stress is None else np.asarray(stress, dtype=np.float64)
+    stress = voigt_6_to_full_3x3_stress(stress) if stress.shape == (6,) else stress
+    data[keys.STRESS] = torch.tensor(stress, dtype=dtype).reshape(1, 3, 3)
     data[keys.WEIGHT] = torch.tensor([float(atoms.info.get(keys.WEIGHT, 1.0))], dtype=dtype)
+    return data
 
 
 def atoms_to_batch(
@@ -241,10 +204,8 @@ def atoms_to_batch(
     cutoff: float,
     dtype: torch.dtype | None = None,
     labels: bool = False,
-    min_distance: float = 0.0,
 ) -> Batch:
-    """Several structures as one ``torch_geometric`` ``Batch`` (see :func:`atoms_to_graph`)."""
+    """Several structures as one ``Batch`` (see :func:`atoms_to_graph`)."""
     if isinstance(atoms_list, Atoms):
         atoms_list = [atoms_list]
-    graphs = [atoms_to_graph(a, cutoff, dtype, labels, min_distance) for a in atoms_list]
-    return Batch.from_data_list(graphs)
+    return Batch.from_data_list([atoms_to_graph(a, cutoff, dtype, labels) for a in atoms_list])

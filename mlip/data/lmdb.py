@@ -1,16 +1,6 @@
-"""LMDB files read by key: ASE-LMDB rows (OMol25/OMat24) by index, and the graph cache.
-
-Both hold an index, never the frames: :class:`AseLmdbRows` keeps per file a row-id range and
-:class:`GraphLMDBDataset` only a count, so memory stays flat as a dataset grows. LMDB files are opened read-only on first access, once per process
-and file (:func:`read_value`): a forked ``DataLoader`` worker or a DDP rank opens its own
-connection, several datasets over the same file share one, and the memory-mapped pages an epoch
-reads do not pile up in the resident set.
-
-A graph cache (``mlip data preprocess``) is one LMDB file: key ``i.to_bytes(8, "big")`` holds
-graph ``i`` as ``torch.save`` bytes of a dict of tensors (read with ``weights_only=True``), key
-``__metadata__`` a JSON object with ``format``, ``version``, ``num_graphs``, ``cutoff`` (Å),
-``dtype``, ``sources`` and the number of frames skipped as bad.
-"""
+"""LMDB files read by key: ASE-LMDB rows by index, and the graph cache (``mlip data preprocess``:
+key ``i.to_bytes(8, "big")`` holds graph ``i`` as ``torch.save`` bytes, ``__metadata__`` a JSON
+object). Readers hold an index, never a frame, and pickle small (``spawn`` workers, DDP)."""
 
 from __future__ import annotations
 
@@ -38,8 +28,7 @@ GRAPH_VERSION = 1
 METADATA_KEY = b"__metadata__"
 
 REMAP_BYTES = 16 << 20
-"""Estimated bytes mapped in through this process's environments after which they are closed
-(to be reopened on the next read)."""
+"""Bytes mapped in (estimated) after which this process's environments are closed and reopened."""
 
 _MAPPED_PER_READ = 4 * (64 << 10)  # a read faults in ~3 B-tree/overflow pages; Linux maps up
 # to 64 KiB of cached neighbours around each fault (measured: ~160 KiB per read of a 4 KiB row)
@@ -50,21 +39,13 @@ _mapped = 0  # estimated bytes mapped in since the environments were last closed
 
 
 def read_value(path: str | Path, key: bytes) -> bytes | None:
-    """The value under ``key`` in the LMDB file ``path`` (None if absent), read read-only.
-
-    Each process keeps one environment per file, opened on first use: LMDB refuses to open a
-    file twice in a process and an environment must not be used across a fork, so a forked child
-    (a ``DataLoader`` worker) drops those it inherited (closing them there only unmaps its copy)
-    and opens its own. LMDB reads through a memory map, and every page read stays in the
-    process's resident set (as file-backed RSS) until unmapped: an epoch would grow the RSS by
-    the size of the files, so all environments are closed (and reopened as needed, about 0.2 ms
-    each) once about :data:`REMAP_BYTES` have been mapped through them. Files are told apart by
-    the path as given: pass resolved paths (the datasets do).
-    """
+    """The value under ``key`` in the LMDB file ``path`` (None if absent), read-only, through one
+    environment per process and (resolved) path; a forked child opens its own. Pages read stay
+    resident until unmapped, so all are closed (~0.2 ms to reopen) every :data:`REMAP_BYTES`."""
     global _ENVIRONMENTS_PID, _mapped
     if os.getpid() != _ENVIRONMENTS_PID:
         for inherited in _ENVIRONMENTS.values():
-            inherited.close()
+            inherited.close()  # unmaps this process's copy only
         _ENVIRONMENTS.clear()
         _ENVIRONMENTS_PID, _mapped = os.getpid(), 0
     name = str(path)
@@ -91,12 +72,27 @@ def close_environment(path: str | Path) -> None:
         env.close()
 
 
+class LmdbReader:
+    """Reads the LMDB files ``_resolved``; :meth:`close` (also on leaving ``with``) closes this
+    process's connections to them (the next read reopens them)."""
+
+    _resolved: list[Path]
+
+    def close(self) -> None:
+        for file in self._resolved:
+            close_environment(file)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 def aselmdb_files(paths: str | Path | Sequence[str | Path]) -> list[Path]:
     """``*.aselmdb`` files of ``paths`` in order; a directory stands for its files, sorted."""
-    if isinstance(paths, str | Path):
-        paths = [paths]
     files: list[Path] = []
-    for path in map(Path, paths):
+    for path in map(Path, [paths] if isinstance(paths, str | Path) else paths):
         if path.is_dir():
             found = sorted(path.glob("*.aselmdb"))
             if not found:
@@ -111,14 +107,9 @@ def aselmdb_files(paths: str | Path | Sequence[str | Path]) -> list[Path]:
     return files
 
 
-class AseLmdbRows:
-    """The rows of ASE-LMDB files (``.aselmdb``, fairchem's format), numbered across the files.
-
-    ``paths`` are files and/or directories of them (each directory's files sorted by name). Holds
-    per file a row-id range (an id array only where rows were deleted), never a row, and pickles
-    small (no open files), for ``spawn`` workers and DDP. :meth:`atoms` reads one row as raw
-    ``ase.Atoms``; :class:`mlip.data.readers.IndexedFrames` labels it.
-    """
+class AseLmdbRows(LmdbReader):
+    """The rows of ASE-LMDB files (:func:`aselmdb_files`) numbered across them, held as a row-id
+    range per file (an array where rows were deleted); :meth:`atoms` reads one, unlabelled."""
 
     def __init__(self, paths: str | Path | Sequence[str | Path]) -> None:
         self.files = aselmdb_files(paths)
@@ -131,11 +122,7 @@ class AseLmdbRows:
 
     def locate(self, index: int) -> tuple[int, int]:
         """``(file number, row position in that file)`` of row ``index``."""
-        index = int(index)
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"frame {index} out of range for {len(self)} frames")
+        index = _in_range(index, len(self), "frame")
         k = int(np.searchsorted(self._starts, index, side="right")) - 1
         return k, index - int(self._starts[k])
 
@@ -145,23 +132,30 @@ class AseLmdbRows:
         return f"{self.files[k]}, frame {position}"
 
     def atoms(self, index: int) -> Atoms:
-        """Row ``index`` as ``ase.Atoms`` (its ``key_value_pairs`` and ``data`` in ``info``)."""
+        """Row ``index`` as ``ase.Atoms`` (:func:`row_atoms`)."""
         k, position = self.locate(index)
         row_id = int(self._ids[k][position])
         try:
             raw = read_value(self._resolved[k], str(row_id).encode("ascii"))
             if raw is None:
                 raise DataError(f"{self.describe(index)}: row id {row_id} missing")
-            return _row_to_atoms(raw, row_id)
+            dct = decode_bytestream(raw, decompress=True, json_decode=True)
+            for key in all_properties:  # as ASE's LMDBDatabase reads a row
+                if isinstance(dct.get(key), list):
+                    dct[key] = np.array(dct[key])
+            return row_atoms(AtomsRow({**dct, "id": row_id}))
         except DataError:
             raise
         except Exception as err:  # lmdb, zlib, JSON and ASE errors of a corrupt row
             raise DataError(f"{self.describe(index)}: cannot read row {row_id}: {err!r}") from err
 
-    def close(self) -> None:
-        """Close this process's connections to the files (reopened on the next access)."""
-        for file in self._resolved:
-            close_environment(file)
+
+def row_atoms(row: AtomsRow) -> Atoms:
+    """An ASE database row as ``ase.Atoms``, its ``key_value_pairs`` and ``data`` in ``info``."""
+    atoms = row.toatoms()
+    atoms.info.update(row.key_value_pairs)
+    atoms.info.update(row.data)
+    return atoms
 
 
 def _row_ids(file: Path) -> range | np.ndarray:
@@ -180,41 +174,32 @@ def _row_ids(file: Path) -> range | np.ndarray:
     return np.array([i for i in range(1, nextid) if i not in deleted], dtype=np.int64)
 
 
-def _row_to_atoms(raw: bytes, row_id: int) -> Atoms:
-    """An ASE-LMDB row (zlib-compressed ASE JSON) as ``ase.Atoms``, as ``LMDBDatabase`` reads it;
-    ``key_value_pairs`` and ``data`` go into ``atoms.info``."""
-    dct = decode_bytestream(raw, decompress=True, json_decode=True)
-    for key in all_properties:
-        if isinstance(dct.get(key), list):
-            dct[key] = np.array(dct[key])
-    dct["id"] = row_id
-    row = AtomsRow(dct)
-    atoms = row.toatoms()
-    atoms.info.update(row.key_value_pairs)
-    atoms.info.update(row.data)
-    return atoms
+def _in_range(index: int, length: int, what: str) -> int:
+    """``index`` (negative: from the end) checked to be below ``length``."""
+    index = int(index)
+    if index < 0:
+        index += length
+    if not 0 <= index < length:
+        raise IndexError(f"{what} {index} out of range for {length} {what}s")
+    return index
 
 
-class GraphLMDBDataset(Dataset):
-    """Graphs cached by ``mlip data preprocess`` (:class:`GraphLMDBWriter`), read lazily.
-
-    ``dataset[i]`` is a ``torch_geometric`` ``Data`` with the fields and dtypes
-    :func:`~mlip.data.graph.atoms_to_graph` gives (``labels=True``); ``dtype`` casts the floating
-    fields (default: as stored). ``cutoff`` (Å) and ``metadata`` describe the cache.
-    """
+class GraphLMDBDataset(LmdbReader, Dataset):
+    """A graph cache read lazily: ``dataset[i]`` as :func:`~mlip.data.graph.atoms_to_graph` gave
+    it (``labels=True``), floating fields cast to ``dtype`` (default: as stored)."""
 
     def __init__(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise DataError(f"{self.path}: no such file")
-        self._resolved = self.path.resolve()
+        self._resolved = [self.path.resolve()]
         try:
-            raw = read_value(self._resolved, METADATA_KEY)
+            raw = read_value(self._resolved[0], METADATA_KEY)
             self.metadata = json.loads(raw) if raw is not None else {}
         except Exception as err:
             raise DataError(f"{self.path}: cannot open as a graph LMDB: {err!r}") from err
         finally:
-            close_environment(self._resolved)
+            self.close()
         if self.metadata.get("format") != GRAPH_FORMAT:
             raise DataError(f"{self.path}: not an mlip graph cache (no {GRAPH_FORMAT} metadata)")
         if self.metadata.get("version") != GRAPH_VERSION:
@@ -235,62 +220,43 @@ class GraphLMDBDataset(Dataset):
         return f"{self.path}, graph {index} ({self._record(index)['source']})"
 
     def _record(self, index: int) -> dict[str, Any]:
-        index = int(index)
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"graph {index} out of range for {len(self)} graphs")
+        index = _in_range(index, len(self), "graph")
         try:
-            raw = read_value(self._resolved, index.to_bytes(8, "big"))
+            raw = read_value(self._resolved[0], index.to_bytes(8, "big"))
             if raw is None:
                 raise KeyError("missing")
             return torch.load(io.BytesIO(raw), weights_only=True)
         except Exception as err:
             raise DataError(f"{self.path}, graph {index}: cannot read: {err!r}") from err
 
-    def close(self) -> None:
-        """Close this process's connection to the file (reopened on the next access)."""
-        close_environment(self._resolved)
-
-    def __enter__(self) -> GraphLMDBDataset:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
 
 class GraphLMDBWriter:
-    """Writes graphs to a new graph cache, committing every ``commit_every`` graphs.
+    """Writes graphs to a new graph cache, committing every 1000; the file appears under ``path``
+    only when :meth:`close` succeeds (until then it is ``path.partial``)."""
 
-    The file appears under ``path`` only when :meth:`close` succeeds (it is written next to it as
-    ``path + ".partial"`` and renamed), so an interrupted run leaves no half-written cache.
-    """
-
-    def __init__(self, path: str | Path, commit_every: int = 1000, map_size: int = 1 << 40):
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.partial.unlink(missing_ok=True)
         self.env = lmdb.open(
-            str(self.partial), subdir=False, map_size=map_size, lock=False, meminit=False
+            str(self.partial), subdir=False, map_size=1 << 40, lock=False, meminit=False
         )
-        self.commit_every = commit_every
         self.count = 0
         self._txn = self.env.begin(write=True)
 
     def append(self, graph: Data, source: str) -> None:
-        """Store ``graph`` (from :func:`atoms_to_graph`) as the next index; ``source`` says where
-        its frame came from ("file, frame k")."""
+        """Store ``graph`` as the next index; ``source`` says where its frame came from."""
         buffer = io.BytesIO()
         torch.save(pack_graph(graph, source), buffer)
         self._txn.put(self.count.to_bytes(8, "big"), buffer.getvalue(), append=True)
         self.count += 1
-        if self.count % self.commit_every == 0:
+        if self.count % 1000 == 0:
             self._txn.commit()
             self._txn = self.env.begin(write=True)
 
     def close(self, metadata: dict[str, Any]) -> Path:
-        """Write ``metadata`` (JSON-able; ``format``, ``version``, ``num_graphs`` are added),
-        commit and move the file into place."""
+        """Write ``metadata`` (``format``, ``version``, ``num_graphs`` added), commit and move the
+        file into place."""
         record = {"format": GRAPH_FORMAT, "version": GRAPH_VERSION, "num_graphs": self.count}
         self._txn.put(METADATA_KEY, json.dumps({**metadata, **record}).encode())
         self._txn.commit()
@@ -306,10 +272,9 @@ class GraphLMDBWriter:
         self.partial.unlink(missing_ok=True)
 
 
-def pack_graph(graph: Data, source: str = "") -> dict[str, Any]:
-    """``graph``'s tensors as a few flat tensors, one per stored dtype (``torch.load`` with
-    ``weights_only`` pays per tensor); ``edge_index`` is stored as int32, ``shifts`` in the
-    smallest integer type that holds them, ``z`` as uint8."""
+def pack_graph(graph: Data, source: str) -> dict[str, Any]:
+    """``graph``'s tensors as one flat tensor per stored dtype (``torch.load`` pays per tensor):
+    ``edge_index`` as int32, ``z`` as uint8, ``shifts`` as int8 where they fit."""
     layout, groups = [], {}
     for name, value in graph.items():
         if not torch.is_tensor(value):
@@ -331,14 +296,12 @@ def unpack_graph(record: dict[str, Any], dtype: torch.dtype | None = None) -> Da
     offsets = dict.fromkeys(record["tensors"], 0)
     fields = {}
     for name, original, shape, stored in record["layout"]:
-        size = int(np.prod(shape))
-        start = offsets[stored]
-        flat = record["tensors"][stored][start : start + size]
+        size, start = int(np.prod(shape)), offsets[stored]
         offsets[stored] = start + size
-        target = _dtype(original)
+        target = getattr(torch, original.removeprefix("torch."))
         if dtype is not None and target.is_floating_point:
             target = dtype
-        fields[name] = flat.reshape(shape).to(target)
+        fields[name] = record["tensors"][stored][start : start + size].reshape(shape).to(target)
     return Data(**fields, num_nodes=record["num_nodes"])
 
 
@@ -351,7 +314,3 @@ def _compact(name: str, value: torch.Tensor) -> torch.Tensor:
         largest = int(value.abs().max()) if value.numel() else 0
         return value.to(torch.int8 if largest < 128 else torch.int32)
     return value
-
-
-def _dtype(name: str) -> torch.dtype:
-    return getattr(torch, name.removeprefix("torch."))

@@ -1,17 +1,6 @@
-"""MPtrj JSON (``{mp_id: {frame_id: {...}}}``, CHGNet's ``StructureJsonData`` layout) -> ``ase.Atoms``.
-
-Per frame: ``structure`` (pymatgen ``Structure.as_dict()``), energies ``uncorrected_total_energy``
-(eV, raw VASP), ``corrected_total_energy`` (eV, MP2020-corrected), ``energy_per_atom`` (eV/atom,
-corrected), ``force`` ([N, 3] eV/Å), ``stress`` ([3, 3] kBar with VASP's sign, positive =
-compressive), ``magmom`` ([N] μB or null) and scalars such as ``bandgap`` or ``ef_per_atom``.
-Frames come back with the chosen energy (a total, eV), forces and stress (Voigt-6 eV/Å³, ASE
-sign) on a ``SinglePointCalculator``, ``magmom`` in ``atoms.arrays``, and ``mp_id``, ``frame_id``
-and the other scalars (original names and units) in ``atoms.info``.
-
-:func:`mlip.data.readers.iter_frames` sends ``.json`` files that look like MPtrj here; its
-``LabelKeys.energy`` picks the energy label (see :data:`ENERGY_LABELS`). The whole file is parsed
-at once (``json.load``), so memory grows with the file: convert a full MPtrj once to ASE-LMDB
-(``mlip data convert``) and train from that.
+"""MPtrj JSON (``{mp_id: {frame_id: frame}}``, CHGNet's layout) -> ``ase.Atoms``: the chosen
+energy (eV), ``force`` and ``stress`` (kBar, VASP sign) in ASE units on a ``SinglePointCalculator``,
+``magmom`` in ``arrays``, ids and scalars in ``info``. The file is parsed at once (``json.load``).
 """
 
 from __future__ import annotations
@@ -29,39 +18,37 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from mlip.errors import DataError, UnreadableRest
 
 ENERGY_LABELS = ("uncorrected_total_energy", "corrected_total_energy", "energy_per_atom")
-"""Energy labels a frame may be read with; ``energy_per_atom`` is multiplied by the atom count."""
+"""Energy labels a frame may be read with (``energy_per_atom`` times the atom count); plain
+``"energy"`` means :data:`DEFAULT_ENERGY`."""
 
 DEFAULT_ENERGY = "uncorrected_total_energy"
-"""The label used when the caller asks for plain ``"energy"``: raw VASP, consistent with forces."""
+"""Raw VASP, consistent with the forces."""
 
 KBAR_VASP_TO_EV_A3 = -0.1 * units.GPa
-"""Factor from a VASP stress in kBar (positive = compressive) to ASE's eV/Å³ (positive = tensile)."""
+"""From a VASP stress in kBar (positive = compressive) to ASE's eV/Å³ (positive = tensile)."""
 
-_SNIFF_BYTES = 1 << 20
+_SCALAR = str | int | float | bool
 
 
 def is_mptrj(path: str | Path) -> bool:
-    """Whether the JSON file ``path`` looks like MPtrj rather than an ASE JSON database.
-
-    Looks at the first MiB only: MPtrj frames hold a ``"structure"`` dict and no ``"numbers"``
-    array, which every ASE database row has.
-    """
+    """Whether a JSON file looks like MPtrj, not an ASE JSON database: its first MiB holds a
+    ``"structure"`` and no ``"numbers"`` (which every ASE row has)."""
     with open(path, "rb") as handle:
-        head = handle.read(_SNIFF_BYTES)
+        head = handle.read(1 << 20)
     return b'"structure"' in head and b'"numbers"' not in head
 
 
 def iter_mptrj(
     path: str | Path, index: slice = slice(None), energy: str = "energy"
 ) -> Iterator[tuple[str, Atoms | DataError]]:
-    """Frames of an MPtrj JSON file as ``("file, frame k", atoms)``, in file order; a bad frame
-    comes as a :class:`DataError` in place of its atoms, an unreadable file as one
-    :class:`UnreadableRest`.
-
-    ``index`` selects by frame number (counting over all ``mp_id`` groups); ``energy`` is one of
-    :data:`ENERGY_LABELS`, or ``"energy"`` for :data:`DEFAULT_ENERGY`.
-    """
-    return _frames(Path(path), index, _energy_label(energy))
+    """``("file, frame k", atoms)`` for the frames ``index`` selects (numbered over all groups, in
+    file order); a bad frame comes as a :class:`DataError`, an unreadable file as one
+    :class:`UnreadableRest`. ``energy``: one of :data:`ENERGY_LABELS`, or ``"energy"``."""
+    label = DEFAULT_ENERGY if energy == "energy" else energy
+    if label not in ENERGY_LABELS:
+        choices = ", ".join(("energy",) + ENERGY_LABELS)
+        raise DataError(f"MPtrj energy label must be one of {choices}; got {energy!r}")
+    return _frames(Path(path), index, label)
 
 
 def _frames(path: Path, index: slice, label: str) -> Iterator[tuple[str, Atoms | DataError]]:
@@ -84,16 +71,12 @@ def _frames(path: Path, index: slice, label: str) -> Iterator[tuple[str, Atoms |
         except (ValueError, KeyError, TypeError) as err:
             yield where, DataError(f"{where} ({mp_id} {frame_id}): {err}")
             continue
-        atoms.info["mp_id"] = mp_id
-        atoms.info["frame_id"] = frame_id
+        atoms.info.update(mp_id=mp_id, frame_id=frame_id)
         yield where, atoms
 
 
 def frame_to_atoms(frame: dict[str, Any], energy: str = DEFAULT_ENERGY) -> Atoms:
-    """One MPtrj frame dict as ``ase.Atoms`` with labels in ASE units (see the module docstring).
-
-    Labels that are absent or ``null`` are left out; checking them is the reader's job.
-    """
+    """One MPtrj frame as ``ase.Atoms`` with labels in ASE units (absent or null ones left out)."""
     try:
         from pymatgen.core import Structure
         from pymatgen.io.ase import AseAtomsAdaptor
@@ -108,9 +91,8 @@ def frame_to_atoms(frame: dict[str, Any], energy: str = DEFAULT_ENERGY) -> Atoms
     atoms = AseAtomsAdaptor.get_atoms(structure, msonable=False)
     n = len(atoms)
     results: dict[str, Any] = {}
-    value = frame.get(energy)
-    if value is not None:
-        results["energy"] = float(value) * (n if energy == "energy_per_atom" else 1)
+    if frame.get(energy) is not None:
+        results["energy"] = float(frame[energy]) * (n if energy == "energy_per_atom" else 1)
     if frame.get("force") is not None:
         results["forces"] = np.asarray(frame["force"], dtype=np.float64)
     if frame.get("stress") is not None:
@@ -124,20 +106,7 @@ def frame_to_atoms(frame: dict[str, Any], energy: str = DEFAULT_ENERGY) -> Atoms
             raise ValueError(f"magmom has shape {magmom.shape}, expected ({n},)")
         atoms.arrays["magmom"] = magmom
     for key, item in frame.items():
-        if key not in ("structure", "force", "stress", "magmom") and _is_scalar(item):
+        if key not in ("structure", "force", "stress", "magmom") and isinstance(item, _SCALAR):
             atoms.info[key] = item
     atoms.calc = SinglePointCalculator(atoms, **results) if results else None
     return atoms
-
-
-def _energy_label(energy: str) -> str:
-    if energy == "energy":
-        return DEFAULT_ENERGY
-    if energy not in ENERGY_LABELS:
-        choices = ", ".join(("energy",) + ENERGY_LABELS)
-        raise DataError(f"MPtrj energy label must be one of {choices}; got {energy!r}")
-    return energy
-
-
-def _is_scalar(value: Any) -> bool:
-    return isinstance(value, str | int | float | bool)

@@ -1,5 +1,5 @@
-"""What every reader and pass shares: the names under which files store labels, and what happens to
-a bad frame. Imports nothing else of :mod:`mlip.data`."""
+"""What every reader and pass shares: where files keep labels (:class:`LabelKeys`) and the
+bad-frame policy (:class:`BadFrames`). Imports nothing else of :mod:`mlip.data`."""
 
 from __future__ import annotations
 
@@ -13,17 +13,16 @@ OnError = Literal["raise", "skip"]
 
 @dataclass
 class BadFrames:
-    """The bad-frame policy of a pass and what it found: ``on_error="raise"`` raises a bad frame's
-    error, ``"skip"`` leaves the frame out and counts it (the first ``keep`` messages kept)."""
+    """A pass's bad-frame policy and findings: ``"raise"`` raises a bad frame's error, ``"skip"``
+    counts it, keeping the first ``keep`` messages, the dataset ``indices`` where known and how
+    many are :class:`UnreadableRest` (a file not read past that point)."""
 
     on_error: OnError = "raise"
     count: int = 0
     messages: list[str] = field(default_factory=list)
     keep: int = 10_000
     indices: list[int] = field(default_factory=list)
-    """Dataset indices of all bad frames, where the pass knew them (:func:`dataset_graphs`)."""
     unreadable: int = 0
-    """How many of the errors are an :class:`UnreadableRest`: a file not read past that point."""
 
     def __post_init__(self) -> None:
         if self.on_error not in ("raise", "skip"):
@@ -43,11 +42,9 @@ class BadFrames:
 
 @dataclass(frozen=True)
 class LabelKeys:
-    """Names under which a file stores each label (calculator results, ``info`` or ``arrays``).
-
-    ``virial`` (eV; 3x3, 9 numbers or Voigt-6) is used only when no stress is found and becomes
-    ``stress = -virial / volume``. A name no frame uses simply means that label is absent.
-    """
+    """Names under which a file keeps each label (calculator results, ``info`` or ``arrays``); a
+    ``virial`` (eV; 3x3, 9 numbers or Voigt-6) is read only where no stress is, as
+    ``-virial / volume``. A name no frame uses means that label is absent."""
 
     energy: str = "energy"
     forces: str = "forces"

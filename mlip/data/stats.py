@@ -1,11 +1,7 @@
-"""The one statistics pass: what a dataset holds, and what a potential takes from it.
-
-:class:`StatisticsPass` adds one graph at a time (memory stays flat: E0s come from the normal
-equations ``XᵀX e = Xᵀy`` of the element counts, |F| percentiles from a fixed log-spaced
-histogram) and gives one :class:`DatasetStatistics`, exact on data of any size. Training stores
-its E0s and force scale in :class:`~mlip.nn.potential.Potential` and its mean neighbour count in
-the model's ``avg_num_neighbors``; ``mlip data stats`` prints it. Units: eV, Å, eV/Å.
-"""
+"""The one statistics pass: :class:`StatisticsPass` adds one graph at a time (memory stays flat:
+E0s from the normal equations ``XᵀX e = Xᵀy`` of the element counts, |F| percentiles from a
+log-spaced histogram) and gives :class:`DatasetStatistics`, what a potential takes from the data
+and ``mlip data stats`` prints. Units: eV, Å, eV/Å."""
 
 from __future__ import annotations
 
@@ -30,18 +26,9 @@ _PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
 @dataclass
 class DatasetStatistics:
-    """What one pass over a dataset found (elements by atomic number).
-
-    The potential takes ``species`` (sorted; the model's order), ``e0`` (eV, one per species),
-    ``avg_num_neighbors`` (directed edges per atom within the cutoff) and ``scale`` (RMS of the
-    force components, eV/Å; 1.0 without forces). ``e0`` of isolated-atom frames (one atom, no
-    neighbour within the cutoff) are those frames' energies; the others come from least squares
-    of the total energies on the element counts (minimum-norm where the compositions do not
-    determine them, 0 for an element with no energy); ``e0_source`` says which (``"isolated"``,
-    ``"least_squares"`` or ``"mixed"``). ``e0_residual_rms`` is the RMS of ``E - Σ e0`` per
-    frame; ``force_norm`` holds |F| percentiles (to the 2.3 % bin) and the exact maximum.
-    Isolated-atom frames count in ``num_frames``, ``num_atoms`` and ``element_counts`` only.
-    """
+    """What one pass found: ``species`` (sorted atomic numbers), ``e0`` (eV per species, from
+    isolated atoms or least squares: ``e0_source``), ``avg_num_neighbors``, ``scale`` (force RMS,
+    eV/Å; 1.0 without forces) and what ``mlip data stats`` prints."""
 
     species: list[int] = field(default_factory=list)
     e0: list[float] = field(default_factory=list)
@@ -65,8 +52,7 @@ class DatasetStatistics:
     outliers: list[str] = field(default_factory=list)
     num_bad: int = 0
     bad: list[str] = field(default_factory=list)
-    num_unreadable: int = 0
-    """Files not read to their end (each counted once in ``num_bad``)."""
+    num_unreadable: int = 0  # files not read to their end (each counted once in num_bad)
 
     def e0_for(self, species: Sequence[int]) -> list[float]:
         """``e0`` in the order of ``species`` (0.0 for an element the data never had)."""
@@ -81,27 +67,20 @@ class DatasetStatistics:
 
 
 def is_isolated(graph: Data) -> bool:
-    """Whether a graph is an isolated-atom reference: one atom and no neighbour within the cutoff
-    (its periodic images included). Its energy is then its element's E0 exactly, whatever the
-    model; a single atom with images within the cutoff is a crystal and is trained on."""
+    """Whether a graph is an isolated-atom reference (its energy is its element's E0): one atom and
+    no neighbour within the cutoff, periodic images included."""
     return int(graph.num_nodes) == 1 and graph.edge_index.shape[1] == 0
 
 
 class StatisticsPass:
-    """Accumulates :class:`DatasetStatistics` one graph at a time (graphs of
-    :func:`~mlip.data.graph.atoms_to_graph` with ``labels=True``); frames whose max |F| exceeds
-    ``force_threshold`` eV/Å or whose closest atoms are nearer than ``min_distance`` Å are kept
-    and reported as outliers (the first ``keep`` named)."""
+    """Accumulates :class:`DatasetStatistics` one labelled graph at a time; frames whose max |F|
+    exceeds ``force_threshold`` eV/Å or with atoms nearer than ``min_distance`` Å are kept and
+    reported as outliers (the first 10,000 named)."""
 
-    def __init__(
-        self,
-        force_threshold: float | None = None,
-        min_distance: float | None = None,
-        keep: int = 10_000,
-    ) -> None:
+    def __init__(self, force_threshold: float | None = None, min_distance: float | None = None):
         self.force_threshold = force_threshold
         self.min_distance_threshold = min_distance
-        self.keep = keep
+        self.keep = 10_000
         self.stats = DatasetStatistics()
         self.isolated: dict[int, float] = {}
         self.counts = np.zeros(MAX_Z + 1, dtype=np.int64)
@@ -130,14 +109,37 @@ class StatisticsPass:
                 stats.frames_with[name] = stats.frames_with.get(name, 0) + 1
         for values, value in ((stats.charges, graph.charge), (stats.spins, graph.spin)):
             values[float(value)] = values.get(float(value), 0) + 1
-        if is_isolated(graph) and bool(graph[keys.HAS_ENERGY]):
-            self._add_isolated(int(graph.z[0]), float(graph.energy), where)
+        energy = float(graph.energy)
+        if is_isolated(graph) and bool(graph[keys.HAS_ENERGY]):  # its element's E0
+            stats.num_isolated += 1
+            z = int(graph.z[0])
+            known = self.isolated.setdefault(z, energy)
+            if abs(known - energy) > 1e-3:
+                raise DataError(
+                    f"{where}: isolated {symbol(z)} atom with energy {energy} eV, but another gave "
+                    f"{known} eV (E0s must agree to 1 meV)"
+                )
             return
         self.num_atoms += n
         if bool(graph[keys.HAS_ENERGY]):
-            self._add_energy(float(graph.energy), count, n)
+            self.xtx += np.outer(count, count)
+            self.xty += count * energy
+            self.yty += energy**2
+            self.num_energies += 1
+            if n:
+                low, total, high = self.energy_per_atom
+                per_atom = energy / n
+                self.energy_per_atom = [min(low, per_atom), total + per_atom, max(high, per_atom)]
         if bool(graph[keys.HAS_FORCES]) and n:
-            self._add_forces(np.linalg.norm(graph.forces.numpy().astype(np.float64), axis=1), where)
+            norms = np.linalg.norm(graph.forces.numpy().astype(np.float64), axis=1)
+            bins = np.searchsorted(_FORCE_BINS, norms)
+            self.force_histogram += np.bincount(bins, minlength=len(_FORCE_BINS) + 1)
+            self.force_square_sum += float((norms**2).sum())
+            self.num_force_atoms += len(norms)
+            largest = float(norms.max())
+            self.force_max = max(self.force_max, largest)
+            if self.force_threshold is not None and largest > self.force_threshold:
+                self._outlier(f"{where}: max |F| {largest:.4g} eV/Å above {self.force_threshold:g}")
         self.num_edges += int(graph.edge_index.shape[1])
         if graph.edge_index.shape[1]:
             lengths = edge_lengths(graph)
@@ -149,55 +151,17 @@ class StatisticsPass:
                 message = f"{where}: atoms {i} and {j} {lengths[k]:.4g} Å apart, below {limit:g}"
                 self._outlier(message)
 
-    def _add_isolated(self, z: int, energy: float, where: str) -> None:
-        """An isolated-atom energy: its element's E0; a second one must agree to 1 meV."""
-        self.stats.num_isolated += 1
-        known = self.isolated.setdefault(z, energy)
-        if abs(known - energy) > 1e-3:
-            raise DataError(
-                f"{where}: isolated {symbol(z)} atom with energy {energy} eV, but another gave "
-                f"{known} eV (E0s must agree to 1 meV)"
-            )
-
-    def _add_energy(self, energy: float, count: np.ndarray, n: int) -> None:
-        self.xtx += np.outer(count, count)
-        self.xty += count * energy
-        self.yty += energy**2
-        self.num_energies += 1
-        if n:
-            low, total, high = self.energy_per_atom
-            per_atom = energy / n
-            self.energy_per_atom = [min(low, per_atom), total + per_atom, max(high, per_atom)]
-
-    def _add_forces(self, norms: np.ndarray, where: str) -> None:
-        self.force_histogram += np.bincount(
-            np.searchsorted(_FORCE_BINS, norms), minlength=len(_FORCE_BINS) + 1
-        )
-        self.force_square_sum += float((norms**2).sum())
-        self.num_force_atoms += len(norms)
-        largest = float(norms.max())
-        self.force_max = max(self.force_max, largest)
-        if self.force_threshold is not None and largest > self.force_threshold:
-            self._outlier(f"{where}: max |F| {largest:.4g} eV/Å above {self.force_threshold:g}")
-
     def _outlier(self, message: str) -> None:
         self.stats.num_outliers += 1
         if len(self.stats.outliers) < self.keep:
             self.stats.outliers.append(message)
 
     def fit_e0(self, fixed: Mapping[int, float]) -> dict[int, float]:
-        """E0s (eV by atomic number) of every element seen, with those of ``fixed`` held at its
-        values and the others fitted to the total energies around them."""
+        """E0s (eV by atomic number) of every element seen: ``fixed`` held, those of frames with an
+        energy fitted (minimum-norm least squares of the rest of the energies), 0 for any other."""
         fixed = {int(z): float(e) for z, e in fixed.items()}
-        free = sorted(set(np.flatnonzero(np.diag(self.xtx)).tolist()) - set(fixed))
-        return self._e0(fixed, free)
-
-    def _e0(self, fixed: Mapping[int, float], free: list[int]) -> dict[int, float]:
-        """E0s (eV) with the elements of ``fixed`` held at its values and those of ``free``
-        (elements of frames with an energy) fitted by least squares of what remains of the total
-        energies, ``A_ff e_f = b_f - A_fF e_F`` in the normal equations (minimum-norm where
-        compositions do not determine them); 0 for any other element seen."""
-        e0 = dict.fromkeys(np.flatnonzero(self.counts).tolist(), 0.0) | dict(fixed)
+        free = self._free(fixed)
+        e0 = dict.fromkeys(np.flatnonzero(self.counts).tolist(), 0.0) | fixed
         if free:
             given = np.array(sorted(fixed), dtype=np.int64)
             values = np.array([fixed[z] for z in given.tolist()])
@@ -206,15 +170,18 @@ class StatisticsPass:
             e0.update({z: float(e) for z, e in zip(free, solution, strict=True)})
         return e0
 
+    def _free(self, fixed: Mapping[int, float]) -> list[int]:
+        """The elements of frames with an energy that ``fixed`` leaves to fit."""
+        return sorted(set(np.flatnonzero(np.diag(self.xtx)).tolist()) - set(fixed))
+
     def result(
         self,
         species: Sequence[int] | None = None,
         isolated: Mapping[int, float] | None = None,
         bad: BadFrames | None = None,
     ) -> DatasetStatistics:
-        """The statistics so far. ``species``: the elements the model knows (default: those
-        seen); ``isolated``: more isolated-atom energies (eV, e.g. from a file of them; the
-        frames' own win where both give one); ``bad``: the bad frames of the pass."""
+        """The statistics so far for the model's ``species`` (default: those seen), with more
+        ``isolated``-atom energies (eV; the frames' own win) and the ``bad`` frames of the pass."""
         stats = self.stats
         present = np.flatnonzero(self.counts)
         stats.element_counts = {int(z): int(self.counts[z]) for z in present}
@@ -222,8 +189,7 @@ class StatisticsPass:
         seen = set(stats.element_counts) | set(fixed)
         stats.species = sorted(seen if species is None else {int(z) for z in species})
         fixed = {z: e for z, e in fixed.items() if z in stats.species}
-        free = sorted(set(np.flatnonzero(np.diag(self.xtx)).tolist()) - set(fixed))
-        e0 = self._e0(fixed, free)
+        e0, free = self.fit_e0(fixed), self._free(fixed)
         stats.e0 = [e0.get(z, 0.0) for z in stats.species]
         stats.e0_source = "least_squares" if not fixed else ("isolated" if not free else "mixed")
         if self.num_energies:
@@ -236,14 +202,11 @@ class StatisticsPass:
         if self.num_force_atoms:
             stats.force_rms = float(np.sqrt(self.force_square_sum / (3 * self.num_force_atoms)))
             cumulative = np.cumsum(self.force_histogram)
-            norm = {}
             for q in _PERCENTILES:
                 k = int(np.searchsorted(cumulative, q / 100 * cumulative[-1]))
-                norm[f"p{q:g}"] = float(
-                    min(_FORCE_BINS[min(k, len(_FORCE_BINS) - 1)], self.force_max)
-                )
-            norm["max"] = self.force_max
-            stats.force_norm = norm
+                edge = _FORCE_BINS[min(k, len(_FORCE_BINS) - 1)]
+                stats.force_norm[f"p{q:g}"] = float(min(edge, self.force_max))
+            stats.force_norm["max"] = self.force_max
         rms = stats.force_rms
         stats.scale = rms if np.isfinite(rms) and rms > 0 else 1.0
         stats.avg_num_neighbors = self.num_edges / self.num_atoms if self.num_atoms else 1.0
@@ -266,8 +229,8 @@ def scan_files(
     min_distance: float | None = None,
     progress: bool = True,
 ) -> DatasetStatistics:
-    """:class:`DatasetStatistics` of data files (``mlip data stats`` / ``check``), outliers
-    included (see :func:`~mlip.data.sources.file_graphs` for reading and sampling)."""
+    """:class:`DatasetStatistics` of data files, outliers included (``mlip data stats`` and
+    ``check``; reading and sampling as :func:`~mlip.data.sources.file_graphs`)."""
     bad = BadFrames(on_error)
     accumulator = StatisticsPass(force_threshold, min_distance)
     graphs = file_graphs(

@@ -28,7 +28,7 @@ import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -203,6 +203,10 @@ def _train(cfg: DictConfig, run_dir: Path, base: tuple[Path, Potential] | None) 
         callbacks.insert(
             0, ModelCheckpoint(filename="best", monitor="val/loss", mode="min", **shared)
         )
+    if OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True):
+        callbacks.append(
+            TQDMProgressBar()
+        )  # not Rich's, which Lightning takes when rich is installed
     loggers = [instantiate(node, _convert_="all") for node in (cfg.logger or {}).values()]
     trainer: pl.Trainer = instantiate(cfg.trainer, _partial_=True, _convert_="all")(
         default_root_dir=run_dir,
