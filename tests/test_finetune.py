@@ -241,6 +241,8 @@ def test_architecture_overrides_are_refused_naming_the_key(base, data, tmp_path,
     argv = ["train", *finetune_run(tmp_path / "run", base, data["cu"], "model=mace")]
     assert mlip.cli.main(argv) == 2
     assert "model=...: a fine-tuning run takes its model from" in capsys.readouterr().err
+    assert mlip.cli.main(["train", *finetune_run(tmp_path / "x", "nope.pt", data["cu"])]) == 2
+    assert "finetune_from=nope.pt: no such model file" in capsys.readouterr().err
     same = finetune_run(tmp_path / "same", base, data["cu"], "model.channels=[8,4,4]")
     cfg = compose(same)
     finetune.prepare(cfg, same)  # giving the base's own value is not a change

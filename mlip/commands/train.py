@@ -6,7 +6,9 @@ such as ``logger=wandb``, and Hydra's own flags (``--help``, ``--cfg job``, ``--
 
 from __future__ import annotations
 
+import os
 import sys
+import warnings
 from typing import TYPE_CHECKING
 
 from mlip.errors import (
@@ -80,6 +82,7 @@ def _main(argv: list[str] | None) -> int:
             raise SystemExit(143) from None  # 128 + SIGTERM, as a shell reports it
 
     sys.argv = [program, *argv]
+    warnings.formatwarning = _format_warning
     try:
         run()
     except SystemExit as done:  # Hydra exits after --help; failures above exit with a status
@@ -88,6 +91,15 @@ def _main(argv: list[str] | None) -> int:
         sys.argv = saved
     return 0
 
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """mlip's own warnings as one line; other packages' (Lightning's) as Python prints them."""
+    if f"{os.sep}mlip{os.sep}" in filename:
+        return f"mlip train: warning: {message}\n"
+    return _PYTHON_FORMAT(message, category, filename, lineno, line)
+
+
+_PYTHON_FORMAT = warnings.formatwarning
 
 if __name__ == "__main__":
     sys.exit(main())

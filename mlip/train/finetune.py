@@ -125,6 +125,10 @@ def prepare(cfg: DictConfig, overrides: Sequence[str]) -> tuple[Path, Potential]
     potential.
     """
     path = base_model_file(cfg.finetune_from)
+    if not path.is_file():
+        raise ConfigError(
+            f"finetune_from={cfg.finetune_from}: no such model file ({path.resolve()})"
+        )
     payload = read_model_file(path)
     given = {_key(o) for o in overrides}
     base_config = payload["model_config"]
