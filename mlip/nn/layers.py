@@ -10,6 +10,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from mlip.nn.radial import make_radial
 from mlip.nn.sphere import SphericalGrid, clebsch_gordan, irrep_slice
@@ -77,7 +78,17 @@ class ChannelwiseMessages(nn.Module):
       materialised besides the message itself;
     * otherwise the radial weights are evaluated directly in their expanded ``[E, C1 * M]``
       layout as ``features(r) @ matrix[:, expand]`` (one dense product, no gather).
+
+    Memory: in inference (eval mode) large inputs are evaluated in chunks of edges whose messages
+    take at most :attr:`edge_chunk_bytes`, recomputed in the backward pass (:meth:`messages`).
     """
+
+    # eval mode: the most bytes that the messages of one pass over edges may take (the pass's
+    # other per-edge tensors take about as much again); a class default, tests set it per instance.
+    # On CPU, 32 MiB keeps every tensor of a pass below glibc's largest mmap threshold (32 MiB), so
+    # they are reused from the heap instead of being mapped and page-faulted afresh: at 500 atoms
+    # of Cu the chunked call is faster than the one-pass call (scripts/bench_scale.py)
+    edge_chunk_bytes: int = 32 * 2**20
 
     def __init__(
         self,
@@ -96,6 +107,7 @@ class ChannelwiseMessages(nn.Module):
         self.group_layout: list[tuple[bool, int]] = []  # (folded, M) per group: see above
         cols_per_l3: list[int] = [0] * (l_out + 1)
         offset = 0
+        self.edge_floats = 0  # numbers in the messages of one edge (all groups)
         for l1, c1 in enumerate(channels_in):
             if c1 == 0:
                 continue
@@ -137,6 +149,7 @@ class ChannelwiseMessages(nn.Module):
             self.register_buffer(f"radial_cols_{l1}", radial_cols, persistent=False)
             self.groups.append((l1, paths))
             self.group_layout.append((folded, width))
+            self.edge_floats += c1 * width
             offset += c1 * num_paths
         self.channels_in = list(channels_in)
         self.channels_out = cols_per_l3
@@ -147,12 +160,65 @@ class ChannelwiseMessages(nn.Module):
         self, h: Features, sh: Tensor, r: Tensor, edge_index: Tensor, norm: Tensor
     ) -> Features:
         """``h`` node features, ``sh [E, (l_sh+1)^2]``, ``r [E]`` Å, ``edge_index [2, E]`` (j, i),
-        ``norm`` the factor applied to the neighbour sums -> ``[N, channels_out[l], 2l+1]``."""
-        src, dst = edge_index[0], edge_index[1]
+        ``norm`` the factor applied to the neighbour sums -> ``[N, channels_out[l], 2l+1]``.
+
+        In training mode this is one pass over all edges. Otherwise (inference), when the messages
+        of all edges would take more than :attr:`edge_chunk_bytes` (:attr:`edge_floats` per edge),
+        the edges are sorted by their atom ``i`` and cut at atom boundaries into chunks whose
+        messages fit that budget. Each chunk's neighbour sums are those of its atoms, so the chunks'
+        outputs are concatenated, not added; with autograd on, each chunk runs under
+        :func:`torch.utils.checkpoint.checkpoint`, which keeps only its inputs and recomputes its
+        per-edge tensors in the backward pass, so an energy + forces + stress call holds the
+        per-edge tensors of one chunk at a time. The result is the same up to rounding.
+        """
         num_nodes, num_edges = h[0].shape[0], sh.shape[0]
+        itemsize = sh.element_size()
+        max_edges = max(1, self.edge_chunk_bytes // (max(self.edge_floats, 1) * itemsize))
+        if self.training or num_edges <= max_edges:
+            return self._split_degrees(
+                self._group_sums(h, sh, r, edge_index[0], edge_index[1], num_nodes, norm)
+            )
+        order, edge_sizes, node_sizes = edge_chunks(edge_index[1], num_nodes, max_edges)
+        pieces = zip(
+            sh[order].split(edge_sizes),
+            r[order].split(edge_sizes),
+            edge_index[0][order].split(edge_sizes),
+            edge_index[1][order].split(edge_sizes),
+            node_sizes,
+            strict=True,
+        )
+        sums: list[list[Tensor]] = [[] for _ in self.groups]
+        first = 0
+        for sh_k, r_k, src_k, dst_k, nodes_k in pieces:
+            args = (h, sh_k, r_k, src_k, dst_k - first, nodes_k, norm)
+            if torch.is_grad_enabled():
+                chunk = checkpoint(
+                    self._group_sums, *args, use_reentrant=False, preserve_rng_state=False
+                )
+            else:
+                chunk = self._group_sums(*args)
+            for group, agg in zip(sums, chunk, strict=True):
+                group.append(agg)
+            first += nodes_k
+        return self._split_degrees([torch.cat(group, dim=0) for group in sums])
+
+    def _group_sums(
+        self,
+        h: Features,
+        sh: Tensor,
+        r: Tensor,
+        src: Tensor,
+        dst: Tensor,
+        num_nodes: int,
+        norm: Tensor,
+    ) -> list[Tensor]:
+        """The normalised neighbour sums ``[num_nodes, C1, M]`` of every group over the edges
+        ``src -> dst``: ``sh [E, (l_sh+1)^2]``, ``r [E]`` Å, ``src [E]`` indexes ``h``, ``dst [E]``
+        in ``0 .. num_nodes - 1``."""
+        num_edges = sh.shape[0]
         features = self.radial.features(r)  # [E, F]; radial weights = features @ matrix
         matrix = self.radial.matrix
-        gathered: list[list[Tensor]] = [[] for _ in self.channels_out]
+        sums = []
         for (l1, paths), (folded, width) in zip(self.groups, self.group_layout, strict=True):
             c1, k = self.channels_in[l1], 2 * l1 + 1
             x = h[l1].index_select(0, src)  # [E, C1, 2l1+1]
@@ -167,12 +233,43 @@ class ChannelwiseMessages(nn.Module):
                 )
             else:
                 msg = torch.bmm(x, t.view(num_edges, k, width)) * w.view(num_edges, c1, width)
-            agg = msg.new_zeros(num_nodes, c1, width).index_add_(0, dst, msg) * norm
+            sums.append(msg.new_zeros(num_nodes, c1, width).index_add_(0, dst, msg) * norm)
+        return sums
+
+    def _split_degrees(self, sums: list[Tensor]) -> Features:
+        """Group sums ``[N, C1, M]`` -> messages ``[N, channels_out[l3], 2l3+1]`` per degree."""
+        gathered: list[list[Tensor]] = [[] for _ in self.channels_out]
+        for (_, paths), agg in zip(self.groups, sums, strict=True):
             col = 0
             for _, l3 in paths:
                 gathered[l3].append(agg[:, :, col : col + 2 * l3 + 1])
                 col += 2 * l3 + 1
         return [torch.cat(parts, dim=1) for parts in gathered]
+
+
+def edge_chunks(dst: Tensor, num_nodes: int, max_edges: int) -> tuple[Tensor, list[int], list[int]]:
+    """Edges cut into chunks of whole destination atoms, about ``max_edges`` each.
+
+    ``dst [E]`` the destination atom of every edge. Returns the stable order that sorts the edges
+    by ``dst``, the edge count of every chunk (in that order) and its atom count: chunk ``k`` holds
+    all edges of the atoms ``n_k .. n_k + atoms_k - 1`` (atoms without edges included), so the
+    counts add up to ``E`` and ``num_nodes``. The ``ceil(E / max_edges)`` chunks are cut at the
+    atoms nearest to equal edge counts, so a chunk exceeds ``max_edges`` by less than the most
+    edges of one atom.
+    """
+    num_edges = dst.shape[0]
+    order = torch.argsort(dst, stable=True)
+    # edges_before[n]: the edges of the atoms before n, for n = 0 .. num_nodes
+    edges_before = torch.zeros(num_nodes + 1, dtype=torch.long, device=dst.device)
+    edges_before[1:] = torch.bincount(dst, minlength=num_nodes).cumsum(0)
+    num_chunks = -(-num_edges // max_edges)
+    targets = torch.arange(1, num_chunks, device=dst.device) * num_edges // num_chunks
+    cuts = torch.searchsorted(edges_before, targets)
+    bounds = [0, *sorted(set(cuts.tolist()) - {0, num_nodes}), num_nodes]
+    edge_bounds = edges_before[bounds].tolist()
+    edge_sizes = [b - a for a, b in zip(edge_bounds[:-1], edge_bounds[1:], strict=True)]
+    node_sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return order, edge_sizes, node_sizes
 
 
 class Convolution(ChannelwiseMessages):

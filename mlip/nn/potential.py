@@ -22,7 +22,9 @@ class Potential(nn.Module):
     ``E0 + shift`` plus the learned difference between the charged and the neutral atom. Forces
     ``-dE/dpos`` and stress ``(1/V) dE/d(strain)`` come from one autograd pass over positions and a
     symmetric strain applied to positions and cell. Double backward works (force and stress losses
-    in training).
+    in training). In eval mode the models' edge-wise work on a large input runs in chunks that are
+    recomputed in the backward pass (:meth:`mlip.nn.layers.ChannelwiseMessages.messages`): a call
+    holds the per-edge tensors of one chunk at a time, with the same results.
 
     Args:
         model: module with ``forward(species, edge_vec, edge_index, batch, charge=None,
