@@ -13,6 +13,7 @@ import mlip
 
 COMMANDS = {
     "train": "train a model (Hydra overrides, e.g. `mlip train data=zuo_si trainer.max_epochs=5`)",
+    "distill": "distil a teacher into a student: `mlip distill cu.cif teacher=emt`",
     "export": "write the model file of a training run: `mlip export RUN_DIR`",
     "relax": "relax structures: `mlip relax structure.cif [--fmax 0.05]`",
     "md": "molecular dynamics: `mlip md structure.xyz --ensemble nvt --temperature 300`",

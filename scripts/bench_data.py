@@ -152,7 +152,7 @@ def step_time(folder: Path, batch_size: int, threads: int, repeats: int = 3) -> 
     from torch_geometric.data import Batch
 
     import mlip
-    from mlip.data.sources import LMDBDataset
+    from mlip.data.readers import LMDBDataset
     from mlip.nn import Facet
 
     torch.manual_seed(0)

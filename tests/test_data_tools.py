@@ -13,8 +13,7 @@ from mlip.commands.data import main
 from mlip.data.convert import convert
 from mlip.data.graph import atoms_to_graph
 from mlip.data.lmdb import GraphLMDBDataset
-from mlip.data.readers import read_frames, records
-from mlip.data.sources import LMDBDataset, dataset_graphs
+from mlip.data.readers import LMDBDataset, dataset_graphs, read_frames, records
 from mlip.data.stats import StatisticsPass, scan_files
 from mlip.errors import DataError
 
@@ -49,9 +48,9 @@ def test_streaming_stats_match_direct(frames):
     e0, *_ = np.linalg.lstsq(x, y, rcond=None)
     assert stats.species == elements
     # the 3BPA stoichiometry is fixed, so only its sum is determined: compare predictions
-    np.testing.assert_allclose(x @ stats.e0_for(elements), x @ e0, rtol=1e-9)
+    np.testing.assert_allclose(x @ stats.e0, x @ e0, rtol=1e-9)  # stats.species == elements
     assert stats.e0_residual_rms == pytest.approx(np.sqrt(np.mean((y - x @ e0) ** 2)), rel=1e-5)
-    assert stats.e0_for([14])[0] == pytest.approx(e0[4], rel=1e-9)
+    assert stats.e0[stats.species.index(14)] == pytest.approx(e0[4], rel=1e-9)
     forces = np.concatenate([a.get_forces() for a in frames])
     assert stats.force_rms == pytest.approx(np.sqrt(np.mean(forces**2)), rel=1e-12)
     norms = np.linalg.norm(forces, axis=1)

@@ -14,8 +14,7 @@ import mlip.data.lmdb as lmdb_module
 from mlip.data.convert import preprocess
 from mlip.data.graph import atoms_to_graph
 from mlip.data.lmdb import GraphLMDBDataset, GraphLMDBWriter
-from mlip.data.readers import read_frames
-from mlip.data.sources import LMDBDataset
+from mlip.data.readers import LMDBDataset, read_frames
 from mlip.errors import DataError
 
 SAMPLES = Path(__file__).parent.parent / "data" / "aselmdb_samples"
@@ -55,7 +54,7 @@ def test_items_equal_reader_graphs(samples):
         with pytest.raises(IndexError):
             dataset[96]
     # the index is a row-id range per file, not frames: pickles (spawn, DDP) stay tiny
-    assert all(isinstance(ids, range) for ids in dataset.frames.rows._ids)
+    assert all(isinstance(ids, range) for ids in dataset._ids)
     assert len(pickle.dumps(dataset)) < 2000
     assert len(read_frames(samples, "0:2")) == 2  # closed: the readers can open the files again
 
@@ -122,7 +121,7 @@ def test_interrupted_cache_leaves_nothing(samples, tmp_path):
 
 
 def test_index_memory_is_per_file_not_per_frame(samples):
-    np.testing.assert_array_equal(LMDBDataset(samples, CUTOFF).frames.rows._starts, [0, 64, 96])
+    np.testing.assert_array_equal(LMDBDataset(samples, CUTOFF)._starts, [0, 64, 96])
 
 
 def test_remapping_keeps_reads_right(samples, monkeypatch):

@@ -30,8 +30,9 @@ from mlip.errors import DataError
 from mlip.nn.config import default_dtype
 from mlip.train.loss import WeightedLoss
 from mlip.train.metrics import ErrorSums
+from mlip.train.mixing import MixedSampler, add_replay
 from mlip.train.module import PotentialModule
-from mlip.train.replay import MixedSampler, pseudo_label, replay_set
+from mlip.train.replay import pseudo_label, replay_set
 
 from .conftest import make_model
 
@@ -312,10 +313,10 @@ def test_streamed_data_with_replay_serves_k_weighted_replay_frames_per_epoch(tmp
     dm.setup("fit")
     path = write(tmp_path / "replay.xyz", ase.io.read(SI, "57:63"))
     replay = replay_set(path, CUTOFF, [14], weight=0.25, val_fraction=0.34, dtype="float64")
-    dm.add_replay(replay, ratio=0.2, seed=5)
+    sampler = add_replay(dm, replay, ratio=0.2, seed=5)
     num_new, k = len(dm.splits["train"]), max(1, round(0.2 * len(dm.splits["train"])))
     loader = dm.train_dataloader()
-    assert loader.sampler is dm.replay_sampler and len(loader.sampler) == num_new + k
+    assert loader.sampler is sampler and len(loader.sampler) == num_new + k
     for epoch in (0, 1):
         loader.sampler.set_epoch(epoch)
         weights = torch.cat([batch[keys.WEIGHT] for batch in loader])
@@ -350,10 +351,10 @@ def test_training_with_replay_logs_val_and_val_replay_metrics(tmp_path, new_val_
     )  # fmt: skip
     dm.setup("fit")
     replay = replay_set(write(tmp_path / "replay.xyz", cu_frames(6)), CUTOFF, [CU], 2.0, 0.34)
-    dm.add_replay(replay, ratio=0.5, seed=0)
+    sampler = add_replay(dm, replay, ratio=0.5, seed=0)
     epochs = []
-    set_epoch = dm.replay_sampler.set_epoch
-    dm.replay_sampler.set_epoch = lambda epoch: epochs.append(epoch) or set_epoch(epoch)
+    set_epoch = sampler.set_epoch
+    sampler.set_epoch = lambda epoch: epochs.append(epoch) or set_epoch(epoch)
     stats = dm.statistics
     with default_dtype(torch.float64):
         model = make_model("facet", num_species=1, r_max=CUTOFF)

@@ -20,8 +20,7 @@ from torch_geometric.data import Data
 import mlip
 from mlip.data.convert import convert, preprocess
 from mlip.data.datamodule import SKIPPED, DataModule
-from mlip.data.readers import IndexedFrames
-from mlip.data.sources import LMDBDataset
+from mlip.data.readers import LMDBDataset
 from mlip.errors import DataError
 from mlip.train.runner import compose, train
 
@@ -48,7 +47,7 @@ def frame_ids(dm: DataModule, name: str) -> set[int]:
 def write_bad(path: Path, kinds: dict[int, str], count: int = 8, first: int = 0) -> Path:
     """``count`` 3BPA frames as an aselmdb file, frame ``i`` spoiled as ``kinds[i]`` says."""
     with LMDBDataset(BPA, CUTOFF) as sample:
-        frames = [sample.frames[i] for i in range(first, first + count)]
+        frames = [sample.frame(i) for i in range(first, first + count)]
     db = ase.db.connect(str(path), type="aselmdb", use_lock_file=False)
     for i, atoms in enumerate(frames):
         kind = kinds.get(i)
@@ -67,10 +66,8 @@ def write_bad(path: Path, kinds: dict[int, str], count: int = 8, first: int = 0)
 
 def test_split_is_seeded_disjoint_and_reads_no_frame(monkeypatch):
     reads = []
-    read = IndexedFrames.__getitem__
-    monkeypatch.setattr(
-        IndexedFrames, "__getitem__", lambda self, i: reads.append(i) or read(self, i)
-    )
+    read = LMDBDataset.frame
+    monkeypatch.setattr(LMDBDataset, "frame", lambda self, i: reads.append(i) or read(self, i))
     dm = streaming(val_fraction=0.2, test_fraction=0.1, split_seed=3, stats_max_frames=5)
     assert len(reads) == 5  # the statistics sample; splitting read nothing
     sets = [frame_ids(dm, name) for name in ("train", "val", "test")]

@@ -16,8 +16,7 @@ from pathlib import Path
 import lmdb
 from ase.data import atomic_numbers, chemical_symbols
 
-from mlip.data.readers import LABELS
-from mlip.data.records import LabelKeys
+from mlip.data.records import LABELS, LabelKeys
 from mlip.errors import DataError
 
 PROG = "mlip data"

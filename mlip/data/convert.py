@@ -15,9 +15,8 @@ import torch
 from ase import Atoms
 
 from mlip.data.lmdb import GraphLMDBWriter
-from mlip.data.readers import records
+from mlip.data.readers import bar, file_graphs, records
 from mlip.data.records import BadFrames, LabelKeys, OnError
-from mlip.data.sources import bar, file_graphs
 from mlip.errors import DataError
 
 
@@ -42,7 +41,6 @@ def convert(
     bad = BadFrames(on_error)
     partial = target.with_name(target.name + ".partial")
     partial.unlink(missing_ok=True)
-    written = 0
     try:
         with _FrameWriter(partial, target.suffix) as writer:
             for where, atoms in bar(records(source, keys=keys, required=()), progress, source.name):
@@ -53,15 +51,13 @@ def convert(
                     writer.write(atoms)
                 except Exception as err:
                     bad.add(DataError(f"{where}: cannot write: {err!r}"))
-                    continue
-                written += 1
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     finally:
         Path(f"{partial}-lock").unlink(missing_ok=True)  # LMDB's lock file
     partial.replace(target)
-    return written, bad
+    return writer.count, bad
 
 
 def preprocess(
@@ -113,6 +109,7 @@ class _FrameWriter:
     def write(self, atoms: Atoms) -> None:
         if self.handle is not None:
             ase.io.write(self.handle, atoms, format="extxyz")
+            self.count += 1
             return
         data = {key: _plain(value) for key, value in atoms.info.items()}
         extra = set(atoms.arrays) - {"numbers", "positions"}

@@ -3,17 +3,16 @@
 Two frame sources, one rule for splits, isolated atoms and bad frames (README, "Your own data"):
 in memory (:class:`MemoryGraphs`) or streamed (:class:`FrameIndex` indices into ASE-LMDB files
 or a graph cache). Loaders are map-style, so Lightning's ``DistributedSampler`` shards them under
-DDP. Replay (:meth:`DataModule.add_replay`) mixes a :class:`ReplaySet` into every training epoch
-through a :class:`MixedSampler`.
+DDP. :meth:`DataModule.mix` adds frames that a sampler draws to every training epoch and a second
+validation loader (fine-tuning's replay, :mod:`mlip.train.mixing`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import lightning.pytorch as pl
@@ -22,15 +21,9 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from torch_geometric.data import Batch, Data
 
-from mlip.data.graph import MIN_DISTANCE
+from mlip.data.graph import MIN_DISTANCE, allowed_elements, check_graph
+from mlip.data.readers import dataset_graphs, file_graphs, open_indexed
 from mlip.data.records import BadFrames, LabelKeys, OnError
-from mlip.data.sources import (
-    allowed_elements,
-    check_graph,
-    dataset_graphs,
-    file_graphs,
-    open_indexed,
-)
 from mlip.data.stats import DatasetStatistics, StatisticsPass, is_isolated
 from mlip.errors import DataError
 
@@ -39,8 +32,6 @@ SHOWN = 10
 """Bad frames named in the log and in ``describe()`` (all are counted)."""
 SKIPPED = "skipped_frames"
 """Batch attribute through which a loader's collate passes the bad frames it dropped."""
-_ORDER, _EPOCH = 0, 1
-"""Tags that keep :class:`MixedSampler`'s two random streams apart."""
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +71,10 @@ class DataModule(pl.LightningDataModule):
 
     def __post_init__(self) -> None:
         super().__init__()
+        casts = {"float": float, "int": int, "bool": bool}
+        for option in fields(self):  # each value as annotated (Hydra gives 5 for a cutoff of 5.0)
+            if option.type in casts:
+                setattr(self, option.name, casts[option.type](getattr(self, option.name)))
         for name in ("val_fraction", "test_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -93,16 +88,8 @@ class DataModule(pl.LightningDataModule):
             raise ValueError(f"index={self.index!r} selects frames read into memory (stream=false)")
         names = ("train", "val", "test", "isolated_atoms")
         self.paths = {name: _as_paths(getattr(self, name)) for name in names}
-        self.cutoff, self.min_distance = float(self.cutoff), float(self.min_distance)
-        self.split_seed, self.stats_seed = int(self.split_seed), int(self.stats_seed)
-        self.batch_size, self.num_workers = int(self.batch_size), int(self.num_workers)
-        self.stream, self.shuffle, self.progress = map(
-            bool, (self.stream, self.shuffle, self.progress)
-        )
-        self.fractions = {"test": float(self.test_fraction), "val": float(self.val_fraction)}
-        self.given_species = (
-            None if self.species is None else sorted({int(z) for z in self.species})
-        )
+        if self.species is not None:
+            self.species = sorted({int(z) for z in self.species})
         self.label_keys = self.label_keys or LabelKeys()
         self.required = tuple(self.required)
         self.eval_batch_size = int(self.eval_batch_size or 2 * self.batch_size)
@@ -113,8 +100,9 @@ class DataModule(pl.LightningDataModule):
         self.statistics: DatasetStatistics | None = None
         self.statistics_pass: StatisticsPass | None = None
         self.isolated_e0: dict[int, float] = {}
-        self.replay: ReplaySet | None = None
-        self.replay_sampler: MixedSampler | None = None
+        self.mixed: tuple[Dataset, Sampler[int]] | None = None  # see mix()
+        self.mixed_val: Dataset | None = None
+        self.summary: dict = {}
 
     # -- splits, passes and statistics ----------------------------------------------------------
 
@@ -125,7 +113,8 @@ class DataModule(pl.LightningDataModule):
         sources = {name: self._open(name) for name in ("train", "val", "test") if self.paths[name]}
         train = sources["train"]
         order = np.random.default_rng(self.split_seed).permutation(len(train))
-        for name, fraction in self.fractions.items():  # test first, then val
+        for name in ("test", "val"):
+            fraction = getattr(self, f"{name}_fraction")
             if name in sources:
                 self.splits[name] = self._index(sources[name], np.arange(len(sources[name])))
                 continue
@@ -135,12 +124,12 @@ class DataModule(pl.LightningDataModule):
             self.splits[name], order = self._index(train, np.sort(order[:n])), order[n:]
         if not len(order):
             raise DataError(f"{self._names('train')}: no frames left for training after the split")
-        self.splits["train"] = self._index(train, np.sort(order), self.given_species)
+        self.splits["train"] = self._index(train, np.sort(order), self.species)
 
         accumulator = self._pass("train", self.stats_max_frames)
         isolated = self._isolated_energies() | accumulator.isolated  # the training frames' win
         seen = set(np.flatnonzero(accumulator.counts).tolist()) | set(isolated)
-        species = self.given_species or sorted(seen)
+        species = self.species or sorted(seen)
         self.splits["train"].species = species  # loaders check training frames against them too
         for name in ("val", "test"):
             self.splits[name].species = species
@@ -219,34 +208,36 @@ class DataModule(pl.LightningDataModule):
 
     # -- loaders --------------------------------------------------------------------------------
 
-    def add_replay(self, replay: ReplaySet, ratio: float, seed: int = 0) -> None:
-        """Mix ``ratio`` of ``replay``'s training frames per new one into every training epoch
-        (:class:`MixedSampler`, seeded by ``seed``) and validate on its validation frames as a
-        second loader. Raises ValueError for a bad ``ratio`` or no replay training frames."""
+    def mix(
+        self,
+        train: Dataset,
+        sampler: Sampler[int],
+        val: Dataset | None = None,
+        summary: dict | None = None,
+    ) -> None:
+        """Train on ``ConcatDataset([training split, train])`` in the order ``sampler`` gives
+        (indices of ``train`` offset by the split's length), validate on ``val`` as a second
+        loader (loader 1, even when loader 0 has no batches) and add ``summary`` to
+        :meth:`describe`."""
         self.setup()
-        if not len(replay.train):
-            raise ValueError(f"{', '.join(replay.files)}: no replay frames to train on")
-        self.replay_sampler = MixedSampler(
-            len(self.splits["train"]), len(replay.train), ratio, seed, self.shuffle
-        )
-        self.replay = replay
+        self.mixed, self.mixed_val, self.summary = (train, sampler), val, dict(summary or {})
 
     def train_dataloader(self) -> DataLoader:
-        """Batches of the training split (and of the replay frames drawn for the epoch)."""
+        """Batches of the training split (and of the frames :meth:`mix` draws for the epoch)."""
         self.setup()
-        if self.replay is None:
+        if self.mixed is None:
             return self._loader(self.splits["train"], self.batch_size, shuffle=self.shuffle)
-        mixed = ConcatDataset([self.splits["train"], self.replay.train])
-        return self._loader(mixed, self.batch_size, sampler=self.replay_sampler)
+        train, sampler = self.mixed
+        dataset = ConcatDataset([self.splits["train"], train])
+        return self._loader(dataset, self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        """The validation split's loader; with replay validation frames, ``[that, the replay
-        set's]`` (loader 1 is the replay set's even when loader 0 has no batches)."""
+        """The validation split's loader; after :meth:`mix` with ``val``, ``[that, val's]``."""
         self.setup()
-        new = self._loader(self.splits["val"], self.eval_batch_size)
-        if self.replay is None or not len(self.replay.val):
-            return new
-        return [new, self._loader(self.replay.val, self.eval_batch_size)]
+        loader = self._loader(self.splits["val"], self.eval_batch_size)
+        if self.mixed_val is None:
+            return loader
+        return [loader, self._loader(self.mixed_val, self.eval_batch_size)]
 
     def test_dataloader(self) -> DataLoader:
         self.setup()
@@ -277,113 +268,28 @@ class DataModule(pl.LightningDataModule):
         return batch
 
     def describe(self) -> dict:
-        """Plain summary of the data (files, frame counts, split, bad frames) for metadata."""
+        """Plain summary of the data (files, frame counts, split, bad frames) for metadata, with
+        the ``summary`` of :meth:`mix`."""
         self.setup()
-        held = {name: not self.paths[name] for name in ("val", "test")}
+        out = {f"{name}_files": list(self.paths[name]) for name in ("train", "val", "test")}
+        out["isolated_atom_files"] = list(self.paths["isolated_atoms"])
+        out |= {name: getattr(self, name) for name in ("stream", "index", "split_seed")}
+        for name in ("val", "test"):  # a fraction splits only where no file is given
+            fraction = getattr(self, f"{name}_fraction")
+            out[f"{name}_fraction"] = None if self.paths[name] else fraction
+        settings = ("cutoff", "min_distance", "stats_max_frames", "stats_seed", "on_error")
+        out |= {name: getattr(self, name) for name in settings}
         bad = self.bad.messages[:SHOWN] + list(self.loaded_bad)[:SHOWN]
-        out = {
-            "train_files": list(self.paths["train"]),
-            "val_files": list(self.paths["val"]),
-            "test_files": list(self.paths["test"]),
-            "isolated_atom_files": list(self.paths["isolated_atoms"]),
-            "stream": self.stream,
-            "index": self.index,
-            "split_seed": self.split_seed,
-            "val_fraction": self.fractions["val"] if held["val"] else None,
-            "test_fraction": self.fractions["test"] if held["test"] else None,
-            "cutoff": self.cutoff,
-            "min_distance": self.min_distance,
+        out |= {
             "statistics_frames": self.statistics.num_frames,
-            "stats_max_frames": self.stats_max_frames,
-            "stats_seed": self.stats_seed,
             "num_isolated_atoms": self.statistics.num_isolated,
             "e0_residual_rms_eV": self.statistics.e0_residual_rms,
-            "on_error": self.on_error,
             "num_bad_frames": self.bad.count + len(self.loaded_bad),
             "num_bad_frames_loaded": len(self.loaded_bad),
             "bad_frames": bad[:SHOWN],
         }
-        for name, split in self.splits.items():
-            out[f"num_{name}_frames"] = len(split)
-        replay = self.replay
-        out |= {
-            "num_replay_train_frames": len(replay.train) if replay else 0,
-            "num_replay_val_frames": len(replay.val) if replay else 0,
-            "replay_files": list(replay.files) if replay else [],
-            "replay_ratio": self.replay_sampler.ratio if replay else None,
-            "replay_weight": replay.weight if replay else None,
-        }
-        return out
-
-
-@dataclass
-class ReplaySet:
-    """Replay frames (the base model's domain) in memory: ``train`` and ``val`` graphs with
-    ``describe(i)``, the ``files`` read, and the ``weight`` (> 0) on their loss weights."""
-
-    train: Dataset
-    val: Dataset
-    files: list[str]
-    weight: float
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.weight) and self.weight > 0):
-            raise ValueError(f"replay weight must be positive and finite, got {self.weight}")
-
-
-class MixedSampler(Sampler[int]):
-    """Indices into ``ConcatDataset([new, replay])``: each epoch every one of the ``num_new`` new
-    frames once and ``k = max(1, round(ratio * num_new))`` of the ``num_replay`` replay frames
-    (offset by ``num_new``), the next ``k`` of one seeded permutation that runs on across epochs
-    and wraps around. An epoch's draw depends on ``(seed, epoch)`` only, so a resumed run draws
-    what the uninterrupted one would have; with ``shuffle`` its indices are permuted, without, the
-    replay ones spread among the new ones. Lightning calls :meth:`set_epoch` (under DDP through
-    its ``DistributedSamplerWrapper``, which shards ``list(self)``); without it, each
-    ``__iter__`` is the next epoch."""
-
-    def __init__(
-        self, num_new: int, num_replay: int, ratio: float, seed: int = 0, shuffle: bool = True
-    ) -> None:
-        if num_new < 1 or num_replay < 1:
-            raise ValueError(f"need new and replay frames, got {num_new} and {num_replay}")
-        if not (math.isfinite(ratio) and ratio > 0):
-            raise ValueError(f"replay ratio must be positive and finite, got {ratio}")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
-        self.num_new, self.num_replay, self.ratio = int(num_new), int(num_replay), float(ratio)
-        self.num_drawn = max(1, round(self.ratio * self.num_new))
-        self.seed, self.shuffle = int(seed), bool(shuffle)
-        self.epoch: int | None = None
-        self._iterations = 0  # epochs drawn without set_epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Draw epoch ``epoch`` on the next ``__iter__`` (and every later one until changed)."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.num_new + self.num_drawn
-
-    def __iter__(self) -> Iterator[int]:
-        epoch = self._iterations if self.epoch is None else self.epoch
-        self._iterations += 1
-        return iter(self.indices(epoch).tolist())
-
-    def replay_draw(self, epoch: int) -> np.ndarray:
-        """``[k]`` positions in the replay set drawn for ``epoch``."""
-        order = np.random.default_rng([self.seed, _ORDER]).permutation(self.num_replay)
-        positions = np.arange(epoch * self.num_drawn, (epoch + 1) * self.num_drawn)
-        return order[positions % self.num_replay]
-
-    def indices(self, epoch: int) -> np.ndarray:
-        """``[num_new + k]`` dataset indices of ``epoch``, in the order they are served."""
-        new = np.arange(self.num_new)
-        indices = np.concatenate([new, self.num_new + self.replay_draw(epoch)])
-        if self.shuffle:
-            return np.random.default_rng([self.seed, _EPOCH, epoch]).permutation(indices)
-        place = np.concatenate(
-            [(new + 0.5) / self.num_new, (np.arange(self.num_drawn) + 0.5) / self.num_drawn]
-        )
-        return indices[np.argsort(place, kind="stable")]
+        out |= {f"num_{name}_frames": len(split) for name, split in self.splits.items()}
+        return out | self.summary
 
 
 class MemoryGraphs(Dataset):
@@ -419,29 +325,26 @@ def collate(items: list[Data | DataError]) -> Batch:
     return batch
 
 
+@dataclass(eq=False)
 class FrameIndex(Dataset):
     """Frames ``indices`` of a split's ``source``: ``split[i]`` is the graph of frame
-    ``indices[i]``, checked by :func:`check_graph` unless a pass before training has read every
-    frame (``checked``); a bad one raises :class:`DataError` (``on_error="raise"``) or is returned
-    (``"skip"``) for :func:`collate` to drop. Holds the index array, never a streamed frame."""
+    ``indices[i]``, checked by :func:`check_graph` (``species``: sorted atomic numbers, or None:
+    any real element) unless a pass before training has read every frame (``checked``); a bad
+    one raises :class:`DataError` (``on_error="raise"``) or is returned (``"skip"``) for
+    :func:`collate` to drop. Holds the index array, never a streamed frame."""
 
-    def __init__(
-        self,
-        source: Dataset,
-        indices: np.ndarray,
-        species: Sequence[int] | None,
-        required: Sequence[str],
-        on_error: OnError,
-        min_distance: float = 0.0,
-    ) -> None:
-        self.source = source
+    source: Dataset
+    indices: np.ndarray
+    species: Sequence[int] | None
+    required: tuple[str, ...]
+    on_error: OnError
+    min_distance: float = 0.0
+    checked: bool = False
+
+    def __post_init__(self) -> None:
         # int32 where it will do: at 10^8 frames the index is 400 MB, not 800 MB, per process
-        self.indices = np.asarray(indices, dtype=np.int32 if len(source) < 2**31 else np.int64)
-        self.species = species  # sorted atomic numbers, or None: any real element
-        self.required = tuple(required)
-        self.on_error = on_error
-        self.min_distance = float(min_distance)
-        self.checked = False
+        dtype = np.int32 if len(self.source) < 2**31 else np.int64
+        self.indices = np.asarray(self.indices, dtype=dtype)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -474,4 +377,4 @@ def _as_paths(paths: Paths | None) -> list[str]:
     ]
 
 
-__all__ = ["DataModule", "FrameIndex", "MemoryGraphs", "MixedSampler", "ReplaySet", "collate"]
+__all__ = ["DataModule", "FrameIndex", "MemoryGraphs", "collate"]

@@ -1,4 +1,5 @@
-"""Atoms -> graph: the only place that builds neighbour lists (vesin, periodic images, mixed pbc)."""
+"""Atoms -> graph: the only place that builds neighbour lists (vesin, periodic images, mixed pbc),
+and what makes a graph unfit for training (:func:`check_graph`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from mlip.errors import AtomsTooCloseError, GeometryError
 
 MIN_DISTANCE = 0.5
 """Å: the smallest interatomic distance the commands accept by default (closer: an input error)."""
+MAX_Z = 118
 
 
 def neighbour_list(atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -186,9 +188,8 @@ def atoms_to_graph(
         return data
     results = atoms.calc.results if atoms.calc is not None else {}
     energy, forces, stress = (results.get(name) for name in keys.LABELS)
-    data[keys.HAS_ENERGY] = torch.tensor([energy is not None])
-    data[keys.HAS_FORCES] = torch.tensor([forces is not None])
-    data[keys.HAS_STRESS] = torch.tensor([stress is not None])
+    for name in keys.LABELS:
+        data[keys.HAS[name]] = torch.tensor([results.get(name) is not None])
     data[keys.ENERGY] = torch.tensor([0.0 if energy is None else float(energy)], dtype=dtype)
     forces = np.zeros((len(atoms), 3)) if forces is None else forces
     data[keys.FORCES] = torch.tensor(np.asarray(forces), dtype=dtype)
@@ -209,3 +210,51 @@ def atoms_to_batch(
     if isinstance(atoms_list, Atoms):
         atoms_list = [atoms_list]
     return Batch.from_data_list([atoms_to_graph(a, cutoff, dtype, labels) for a in atoms_list])
+
+
+def check_graph(
+    graph: Data,
+    allowed: np.ndarray,
+    required: Sequence[str] = (),
+    species: Sequence[int] | None = None,
+    min_distance: float = 0.0,
+) -> str | None:
+    """What makes ``graph`` unfit for training, or None: no atoms, a NaN, atoms closer than
+    ``min_distance`` Å, a ``required`` label missing, or an element outside ``allowed``."""
+    if graph.num_nodes == 0:
+        return "frame has no atoms"
+    if not (torch.isfinite(graph.pos).all() and torch.isfinite(graph.cell).all()):
+        return "positions or cell contain NaN or inf"
+    if min_distance > 0:
+        j, i = graph.edge_index.numpy()
+        error = too_close(graph.z.numpy(), i, j, edge_lengths(graph), min_distance)
+        if error is not None:
+            return f"{error} (data.min_distance)"
+    for name in keys.LABELS:
+        present = bool(graph[keys.HAS[name]])
+        if name in required and not present:
+            return f"{name} missing"
+        if present and not torch.isfinite(graph[name]).all():
+            return f"{name} contains NaN or inf"
+    numbers = graph.z.numpy()
+    known = (numbers >= 0) & (numbers <= MAX_Z)
+    known[known] = allowed[numbers[known]]
+    if known.all():
+        return None
+    names = ", ".join(sorted({symbol(int(z)) for z in numbers[~known]}))
+    if species is None:
+        return f"unknown element(s) {names}"
+    return f"element(s) {names} not among the species ({', '.join(map(symbol, species))})"
+
+
+def allowed_elements(elements: Sequence[int] | None) -> np.ndarray:
+    """Mask over atomic numbers 0..118: ``elements``, or every real element."""
+    allowed = np.zeros(MAX_Z + 1, dtype=bool)
+    allowed[sorted(int(z) for z in elements) if elements is not None else slice(1, None)] = True
+    allowed[0] = False
+    return allowed
+
+
+def symbol(z: int) -> str:
+    """The chemical symbol of atomic number ``z`` (``"Z=200"`` beyond the table)."""
+    return chemical_symbols[z] if 0 <= z <= MAX_Z else f"Z={z}"  # 0 is "X"

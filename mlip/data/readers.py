@@ -1,12 +1,15 @@
-"""Data files -> labelled ``ase.Atoms``, the one reading door: ``.db`` (ASE SQLite), ``.aselmdb``
-or a folder of them, MPtrj or ASE ``.json``, anything else through ``ase.io``. Labels come back on
-a ``SinglePointCalculator``: ``energy`` (eV), ``forces`` ([N, 3] eV/Å), ``stress`` ([6] eV/Å³,
-Voigt, ASE sign); ``info["charge"]`` (e) and ``info["spin"]`` (2S+1) as floats."""
+"""Data files -> labelled ``ase.Atoms`` -> graphs, the one reading door: ``.db`` (ASE SQLite),
+``.aselmdb`` or a folder of them, MPtrj or ASE ``.json``, anything else through ``ase.io``; files
+in one pass (:func:`file_graphs`), indexed ones by index (:func:`open_indexed`), whole or sampled
+(:func:`dataset_graphs`). Labels come back on a ``SinglePointCalculator``: ``energy`` (eV),
+``forces`` ([N, 3] eV/Å), ``stress`` ([6] eV/Å³, Voigt, ASE sign); ``info["charge"]`` (e) and
+``info["spin"]`` (2S+1) as floats. Passes show a progress bar and hand a bad frame to
+:class:`~mlip.data.records.BadFrames`; nothing else is dropped."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -14,24 +17,20 @@ from typing import Any
 import ase.db
 import ase.io
 import numpy as np
+import torch
 from ase import Atoms
-from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io.extxyz import read_xyz
 from ase.io.formats import filetype, string2index
-from ase.stress import full_3x3_to_voigt_6_stress
+from torch.utils.data import Dataset
+from torch_geometric.data import Data
+from tqdm import tqdm
 
 from mlip.data.extxyz import MalformedFrame, frame_texts
-from mlip.data.lmdb import AseLmdbRows, row_atoms
+from mlip.data.graph import allowed_elements, atoms_to_graph, check_graph
+from mlip.data.lmdb import AseLmdbRows, GraphLMDBDataset, row_atoms
 from mlip.data.mptrj import is_mptrj, iter_mptrj
-from mlip.data.records import LabelKeys
+from mlip.data.records import LABELS, BadFrames, LabelKeys, labelled
 from mlip.errors import DataError, UnreadableRest, one_line
-
-LABELS = ("energy", "forces", "stress", "charge", "spin")
-"""Canonical label names, the values ``required`` may contain."""
-
-PLAUSIBLE = {"energy": 1e6, "forces": 1e5, "stress": 1e3}
-"""Largest |energy| per atom (eV), max |force| (eV/Å) and max |stress component| (eV/Å³) a frame
-may have: larger ones are unit or parsing errors, not data."""
 
 Record = tuple[str, "Atoms | DataError"]
 """``(where, atoms | error)``: ``where`` is ``"file, frame k"``, or the file for an error ending it."""
@@ -40,6 +39,7 @@ _WHOLE = {"do_not_split_by_at_sign": True}  # a file name with an @ is not a sel
 
 Index = int | slice | str
 """A frame selection as ``ase.io.read`` takes it: ``3``, ``-1``, ``":"``, ``"10:20:2"``, a slice."""
+GRAPH_CACHE_SUFFIX = ".lmdb"
 
 
 def records(
@@ -73,42 +73,186 @@ def records(
     return _labelled_records(frames, keys, required, path, index)
 
 
-def iter_frames(path: str | Path, index: Index = ":", **options: Any) -> Iterator[Atoms]:
-    """The frames of :func:`records` (``options``: ``keys``, ``required``), lazily, raising the
+def read_frames(path: str | Path, index: Index = ":", **options: Any) -> list[Atoms]:
+    """The frames of :func:`records` (``options``: ``keys``, ``required``) as a list, raising the
     first bad one's :class:`DataError`."""
+    frames = []
     for _, atoms in records(path, index, **options):
         if isinstance(atoms, DataError):
             raise atoms
-        yield atoms
+        frames.append(atoms)
+    return frames
 
 
-def read_frames(path: str | Path, index: Index = ":", **options: Any) -> list[Atoms]:
-    """All frames ``index`` selects from ``path`` as a list (see :func:`iter_frames`)."""
-    return list(iter_frames(path, index, **options))
-
-
-class IndexedFrames:
-    """Labelled frames of ASE-LMDB files (and folders of them) by index, read on demand (a bad
-    one raises :class:`DataError`); ``describe(i)`` is ``"file, frame k"``."""
+class LMDBDataset(AseLmdbRows, Dataset):
+    """Frames of ASE-LMDB files (and folders of them) as graphs (``cutoff`` Å, floats in
+    ``dtype``), read on demand; :meth:`frame` is the labelled ``ase.Atoms``. A bad frame raises
+    :class:`DataError` naming file and frame."""
 
     def __init__(
         self,
         paths: str | Path | Sequence[str | Path],
+        cutoff: float,
         keys: LabelKeys | None = None,
+        dtype: torch.dtype | None = None,
         required: Sequence[str] = ("energy", "forces"),
     ) -> None:
-        self.rows = AseLmdbRows(paths)
-        self.keys = keys or LabelKeys()
-        self.required = tuple(required)
+        super().__init__(paths)
+        self.cutoff, self.keys, self.required = float(cutoff), keys or LabelKeys(), tuple(required)
+        self.dtype = dtype or torch.get_default_dtype()
 
-    def __len__(self) -> int:
-        return len(self.rows)
+    def frame(self, index: int) -> Atoms:
+        return labelled(self.atoms(index), self.describe(index), self.keys, self.required)
 
-    def __getitem__(self, index: int) -> Atoms:
-        return _labelled(self.rows.atoms(index), self.describe(index), self.keys, self.required)
+    def __getitem__(self, index: int) -> Data:
+        return frame_graph(self.frame(index), self.describe(index), self.cutoff, self.dtype)
 
-    def describe(self, index: int) -> str:
-        return self.rows.describe(index)
+
+def open_indexed(
+    paths: Sequence[str | Path],
+    cutoff: float,
+    keys: LabelKeys | None = None,
+    dtype: torch.dtype | None = None,
+    required: Sequence[str] = ("energy", "forces"),
+) -> LMDBDataset | GraphLMDBDataset:
+    """The indexed graphs of ``paths``: ASE-LMDB files and folders, or one graph cache
+    (``.lmdb``) built with the same ``cutoff``."""
+    paths = [Path(p) for p in paths]
+    for path in paths:
+        if not path.is_dir() and path.suffix not in (".aselmdb", GRAPH_CACHE_SUFFIX):
+            raise DataError(
+                f"{path}: streamed data (stream: true) is .aselmdb files, folders of them or a "
+                "graph cache (.lmdb); convert it with `mlip data convert`, or read it into memory "
+                "(stream: false)"
+            )
+    if not any(p.suffix == GRAPH_CACHE_SUFFIX for p in paths):
+        return LMDBDataset(paths, cutoff, keys, dtype, required)
+    if len(paths) > 1:
+        names = ", ".join(map(str, paths))
+        raise DataError(f"{names}: a graph cache ({GRAPH_CACHE_SUFFIX}) comes alone")
+    dataset = GraphLMDBDataset(paths[0], dtype)
+    if abs(dataset.cutoff - cutoff) > 1e-9:
+        raise DataError(
+            f"{paths[0]}: graph cache built with cutoff {dataset.cutoff} Å, this run uses "
+            f"{cutoff} Å (rebuild it with `mlip data preprocess --cutoff {cutoff}`)"
+        )
+    return dataset
+
+
+def file_graphs(
+    paths: Sequence[str | Path],
+    cutoff: float,
+    keys: LabelKeys | None = None,
+    required: Sequence[str] = ("energy", "forces"),
+    dtype: torch.dtype = torch.float64,
+    max_frames: int | None = None,
+    seed: int = 0,
+    bad: BadFrames | None = None,
+    elements: Sequence[int] | None = None,
+    progress: bool = True,
+    index: Index = ":",
+) -> Iterator[tuple[str, Data]]:
+    """``(where, graph)`` for the frames ``index`` selects from files of any readable format, or
+    (``max_frames`` per path) a seeded sample, by index where files are indexed; a bad frame
+    (unreadable, no graph, an element outside ``elements``) is raised or counted in ``bad``."""
+    bad = bad if bad is not None else BadFrames()
+    allowed = allowed_elements(elements)
+
+    def fit(where: str, graph: Data) -> bool:
+        problem = check_graph(graph, allowed)
+        if problem:
+            bad.add(DataError(f"{where}: {problem}"))
+        return not problem
+
+    for path in map(Path, paths):
+        cache = path.suffix == GRAPH_CACHE_SUFFIX  # a cache has its own cutoff
+        if cache or (max_frames is not None and (path.is_dir() or path.suffix == ".aselmdb")):
+            if cache:
+                dataset = GraphLMDBDataset(path, dtype)
+            else:
+                dataset = LMDBDataset(path, cutoff, keys, dtype, required)
+            with dataset:
+                graphs = dataset_graphs(dataset, max_frames, seed, bad, progress, path.name)
+                yield from ((w, g) for _, w, g in graphs if fit(w, g))
+            continue
+        frames = bar(records(path, index, keys, required), progress, path.name)
+        good = ((where, atoms) for where, atoms in frames if _good(atoms, bad))
+        if max_frames is not None:
+            good = _reservoir(good, max_frames, seed)
+        for where, atoms in good:
+            try:
+                graph = frame_graph(atoms, where, cutoff, dtype)
+            except DataError as err:
+                bad.add(err)
+                continue
+            if fit(where, graph):
+                yield where, graph
+
+
+def dataset_graphs(
+    dataset: Dataset,
+    max_frames: int | None = None,
+    seed: int = 0,
+    bad: BadFrames | None = None,
+    progress: bool = True,
+    desc: str = "frames",
+) -> Iterator[tuple[int, str, Data]]:
+    """``(index, where, graph)`` for every index of a ``dataset`` of graphs, or a seeded sample of
+    ``max_frames`` (in order); a frame that raises or is a :class:`DataError` goes to ``bad``."""
+    bad = bad if bad is not None else BadFrames()
+    size = len(dataset)
+    indices: Iterable[int] = range(size)
+    if max_frames is not None and max_frames < size:
+        rng = np.random.default_rng(seed)
+        indices = np.sort(rng.choice(size, size=max_frames, replace=False)).tolist()
+    describe = getattr(dataset, "describe", lambda i: f"frame {i}")
+    for index in bar(indices, progress, desc, total=min(size, max_frames or size)):
+        try:
+            graph = dataset[index]
+        except DataError as err:
+            graph = err
+        if isinstance(graph, DataError):
+            bad.add(graph, index)
+            continue
+        yield index, describe(index), graph
+
+
+def frame_graph(atoms: Any, where: str, cutoff: float, dtype: torch.dtype | None) -> Data:
+    """The labelled graph of one frame; a structure with no graph raises :class:`DataError`."""
+    try:
+        return atoms_to_graph(atoms, cutoff, dtype=dtype, labels=True)
+    except (ValueError, RuntimeError) as err:
+        raise DataError(f"{where}: cannot build its graph: {err}") from err
+
+
+def bar(iterable: Iterable, progress: bool, desc: str, total: int | None = None) -> Iterable:
+    """``iterable`` behind a progress bar on stderr (none if not ``progress`` or not a terminal)."""
+    return tqdm(
+        iterable, desc=desc, total=total, unit="frame", disable=None if progress else True,
+        file=sys.stderr, mininterval=0.5, dynamic_ncols=True, leave=False,
+    )  # fmt: skip
+
+
+def _good(atoms: Any, bad: BadFrames) -> bool:
+    """Whether a record holds atoms; an error goes to ``bad`` (or is raised)."""
+    if isinstance(atoms, DataError):
+        bad.add(atoms)
+        return False
+    return True
+
+
+def _reservoir(items: Iterable[Any], size: int, seed: int) -> list[Any]:
+    """A uniform seeded sample of ``size`` items of a stream (Algorithm R), in stream order."""
+    rng = np.random.default_rng(seed)
+    sample: list[tuple[int, Any]] = []
+    for position, item in enumerate(items):
+        if position < size:
+            sample.append((position, item))
+        else:
+            k = int(rng.integers(position + 1))
+            if k < size:
+                sample[k] = (position, item)
+    return [item for _, item in sorted(sample, key=lambda pair: pair[0])]
 
 
 def _check_file(path: Path) -> None:
@@ -144,7 +288,7 @@ def _labelled_records(
         empty = False
         if not isinstance(atoms, DataError):
             try:
-                atoms = _labelled(atoms, where, keys, required)
+                atoms = labelled(atoms, where, keys, required)
             except DataError as err:
                 atoms = err
         yield where, atoms
@@ -233,100 +377,5 @@ def _database_frames(path: Path, index: slice) -> Iterator[Record]:
             try:
                 atoms = row_atoms(database.get(id=ids[frame]))
             except Exception as err:
-                yield where, DataError(f"{where}: cannot read row: {err}")
-                continue
+                atoms = DataError(f"{where}: cannot read row: {err}")
             yield where, atoms
-
-
-def _labelled(atoms: Atoms, where: str, keys: LabelKeys, required: tuple[str, ...]) -> Atoms:
-    """``atoms`` (fresh from a reader) with canonical labels, the file's label keys removed;
-    ``where`` ("file, frame k") starts every error message."""
-    found: dict[str, Any] = {}
-    if (energy := _find(atoms, keys.energy)) is not None:
-        found["energy"] = _scalar(energy, keys.energy, where)
-    if (forces := _find(atoms, keys.forces)) is not None:
-        found["forces"] = _finite(forces, keys.forces, where)
-        if found["forces"].shape != (len(atoms), 3):
-            shape = found["forces"].shape
-            raise DataError(f"{where}: {keys.forces} has shape {shape}, expected ({len(atoms)}, 3)")
-    stress, virial = _find(atoms, keys.stress), _find(atoms, keys.virial)
-    if stress is not None:
-        found["stress"] = _voigt(stress, keys.stress, where)
-    elif virial is not None:
-        if not atoms.cell.volume > 0:
-            raise DataError(f"{where}: {keys.virial} needs a cell with non-zero volume")
-        found["stress"] = -_voigt(virial, keys.virial, where) / atoms.cell.volume
-    for name in ("charge", "spin"):
-        if (value := _find(atoms, getattr(keys, name))) is not None:
-            found[name] = _scalar(value, getattr(keys, name), where)
-    for name in required:
-        if name not in found:
-            sought = repr(getattr(keys, name))
-            if name == "stress":
-                sought = f"{keys.stress!r} or {keys.virial!r}"
-            raise DataError(f"{where}: {name} missing (looked for {sought})")
-    _check_plausible(found, len(atoms), where)
-    for key in (keys.energy, keys.stress, keys.virial, keys.charge, keys.spin):
-        atoms.info.pop(key, None)
-    atoms.arrays.pop(keys.forces, None)
-    atoms.info.update({name: found[name] for name in ("charge", "spin") if name in found})
-    results = {name: found[name] for name in ("energy", "forces", "stress") if name in found}
-    atoms.calc = SinglePointCalculator(atoms, **results) if results else None
-    return atoms
-
-
-def _check_plausible(found: dict[str, Any], num_atoms: int, where: str) -> None:
-    """Refuse labels beyond :data:`PLAUSIBLE`: they would set the E0s and force scale of a run."""
-    sizes = {}
-    if "energy" in found and num_atoms:
-        sizes["energy"] = (abs(found["energy"]) / num_atoms, "eV/atom", f"{found['energy']:.4g} eV")
-    if "forces" in found and num_atoms:
-        largest = float(np.linalg.norm(found["forces"], axis=1).max())
-        sizes["forces"] = (largest, "eV/Å", f"max |F| {largest:.4g} eV/Å")
-    if "stress" in found:
-        largest = float(np.abs(found["stress"]).max())
-        sizes["stress"] = (largest, "eV/Å³", f"max |stress| {largest:.4g} eV/Å³")
-    for name, (size, unit, shown) in sizes.items():
-        if size > PLAUSIBLE[name]:
-            raise DataError(
-                f"{where}: {name} {shown} is beyond any DFT label (above {PLAUSIBLE[name]:g} "
-                f"{unit}): check its units and the file"
-            )
-
-
-def _find(atoms: Atoms, key: str) -> Any:
-    """The value under ``key`` in the calculator results, ``info`` or ``arrays``, or None."""
-    results = atoms.calc.results if atoms.calc is not None else {}
-    for source in (results, atoms.info, atoms.arrays):
-        if key in source:
-            return source[key]
-    return None
-
-
-def _finite(value: Any, key: str, where: str) -> np.ndarray:
-    """``value`` as a float64 array, checked to be numeric and finite."""
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise DataError(f"{where}: {key} is not numeric ({err})") from err
-    if not np.isfinite(array).all():
-        raise DataError(f"{where}: {key} contains NaN or inf")
-    return array
-
-
-def _scalar(value: Any, key: str, where: str) -> float:
-    array = _finite(value, key, where)
-    if array.size != 1:
-        raise DataError(f"{where}: {key} has shape {array.shape}, expected one number")
-    return float(array.item())
-
-
-def _voigt(value: Any, key: str, where: str) -> np.ndarray:
-    """A stress-like tensor given as Voigt-6, 9 numbers or 3x3, as Voigt-6 [6] (off-diagonal pairs
-    of a full tensor averaged)."""
-    array = _finite(value, key, where)
-    if array.shape == (6,):
-        return array
-    if array.shape in ((9,), (3, 3)):
-        return full_3x3_to_voigt_6_stress(array.reshape(3, 3))
-    raise DataError(f"{where}: {key} has shape {array.shape}, expected (6,), (9,) or (3, 3)")

@@ -15,9 +15,9 @@ import torch
 from torch_geometric.data import Data
 
 from mlip import keys
-from mlip.data.graph import edge_lengths
+from mlip.data.graph import MAX_Z, edge_lengths, symbol
+from mlip.data.readers import file_graphs
 from mlip.data.records import BadFrames, LabelKeys, OnError
-from mlip.data.sources import MAX_Z, file_graphs, symbol
 from mlip.errors import DataError
 
 _FORCE_BINS = np.logspace(-6, 4, 1001)  # |F| histogram edges, eV/Å: 1000 bins of 2.3 % width
@@ -54,11 +54,6 @@ class DatasetStatistics:
     bad: list[str] = field(default_factory=list)
     num_unreadable: int = 0  # files not read to their end (each counted once in num_bad)
 
-    def e0_for(self, species: Sequence[int]) -> list[float]:
-        """``e0`` in the order of ``species`` (0.0 for an element the data never had)."""
-        by_z = dict(zip(self.species, self.e0, strict=True))
-        return [by_z.get(int(z), 0.0) for z in species]
-
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (with ``e0`` also keyed by element symbol, for humans)."""
         out = asdict(self)
@@ -86,15 +81,11 @@ class StatisticsPass:
         self.counts = np.zeros(MAX_Z + 1, dtype=np.int64)
         self.xtx = np.zeros((MAX_Z + 1, MAX_Z + 1))
         self.xty = np.zeros(MAX_Z + 1)
-        self.yty = 0.0
-        self.num_energies = 0
+        self.yty, self.num_energies = 0.0, 0
         self.energy_per_atom = [np.inf, 0.0, -np.inf]  # min, sum, max
         self.force_histogram = np.zeros(len(_FORCE_BINS) + 1, dtype=np.int64)
-        self.force_square_sum = 0.0
-        self.force_max = 0.0
-        self.num_force_atoms = 0
-        self.num_edges = 0
-        self.num_atoms = 0  # of the frames that are not isolated atoms
+        self.force_square_sum, self.force_max, self.num_force_atoms = 0.0, 0.0, 0
+        self.num_edges, self.num_atoms = 0, 0  # num_atoms: of the frames not isolated atoms
 
     def add(self, graph: Data, where: str) -> None:
         """Count one graph; ``where`` ("file, frame k") names it in messages."""
@@ -230,7 +221,7 @@ def scan_files(
     progress: bool = True,
 ) -> DatasetStatistics:
     """:class:`DatasetStatistics` of data files, outliers included (``mlip data stats`` and
-    ``check``; reading and sampling as :func:`~mlip.data.sources.file_graphs`)."""
+    ``check``; reading and sampling as :func:`~mlip.data.readers.file_graphs`)."""
     bad = BadFrames(on_error)
     accumulator = StatisticsPass(force_threshold, min_distance)
     graphs = file_graphs(

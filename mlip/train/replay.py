@@ -1,11 +1,12 @@
 """Replay against forgetting: frames of the base model's domain mixed into fine-tuning.
 
-:func:`replay_set` reads replay files into a :class:`~mlip.data.datamodule.ReplaySet` (checked as
+:func:`replay_set` reads replay files into a :class:`~mlip.train.mixing.ReplaySet` (checked as
 training data, loss weights scaled, split into train and val), which
-:meth:`DataModule.add_replay <mlip.data.datamodule.DataModule.add_replay>` mixes into every epoch
-through a :class:`~mlip.data.datamodule.MixedSampler`. Without a replay file,
+:func:`~mlip.train.mixing.add_replay` mixes into every epoch through a
+:class:`~mlip.train.mixing.MixedSampler`. Without a replay file,
 :func:`pseudo_label` makes one: structures of the base model's domain and rattled, strained copies
-of them, labelled by the base model itself, so that fine-tuning keeps close to it where the new
+of them (:func:`mlip.distill.perturb.strain_and_rattle`), labelled by the base model itself
+(:func:`mlip.distill.labels.teacher_labels`), so that fine-tuning keeps close to it where the new
 data says nothing.
 """
 
@@ -29,13 +30,15 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from mlip import keys
 from mlip.calculator import MLIPCalculator
-from mlip.data.datamodule import MemoryGraphs, MixedSampler, ReplaySet
-from mlip.data.graph import MIN_DISTANCE
-from mlip.data.readers import records
+from mlip.data.datamodule import MemoryGraphs
+from mlip.data.graph import MIN_DISTANCE, allowed_elements, check_graph
+from mlip.data.readers import bar, file_graphs, records
 from mlip.data.records import LabelKeys
-from mlip.data.sources import allowed_elements, bar, check_graph, file_graphs
+from mlip.distill.labels import LabelError, teacher_labels
+from mlip.distill.perturb import strain_and_rattle, unlabelled
 from mlip.errors import DataError, GeometryError, NonFiniteOutputError, UnknownElementError
 from mlip.nn.potential import Potential
+from mlip.train.mixing import ReplaySet
 
 PathLike = str | os.PathLike
 PSEUDO = "pseudo"
@@ -181,33 +184,12 @@ def _perturbed(files: list[Path], settings: dict) -> list[tuple[str, Atoms]]:
         for where, original in records(path, ":", required=()):
             if isinstance(original, DataError):
                 raise original
-            atoms = _unlabelled(original)
+            atoms = unlabelled(original)
             frames.append((where, atoms))
             for copy in range(1, settings["copies"] + 1):
-                perturbed = _perturb(atoms, rng, settings["rattle"], settings["strain"])
+                perturbed = strain_and_rattle(atoms, rng, settings["rattle"], settings["strain"])
                 frames.append((f"{where} (copy {copy})", perturbed))
     return frames
-
-
-def _unlabelled(atoms: Atoms) -> Atoms:
-    """A copy of ``atoms`` without labels: numbers, positions, cell, pbc, and the total charge
-    and spin that the model reads from ``info``."""
-    info = {name: atoms.info[name] for name in (keys.CHARGE, keys.SPIN) if name in atoms.info}
-    return Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc, info=info)
-
-
-def _perturb(atoms: Atoms, rng: np.random.Generator, rattle: float, strain: float) -> Atoms:
-    """A copy of ``atoms`` strained (fully periodic cells: ``cell (I + e)``, positions scaled
-    along, ``e`` symmetric with components uniform in ``[-strain, strain]``), then rattled
-    (Gaussian, ``rattle`` Å per Cartesian component)."""
-    atoms = atoms.copy()
-    if atoms.pbc.all() and atoms.cell.rank == 3 and strain > 0:
-        upper = np.zeros((3, 3))
-        upper[np.triu_indices(3)] = rng.uniform(-strain, strain, 6)
-        deformation = np.eye(3) + upper + np.triu(upper, 1).T
-        atoms.set_cell(atoms.cell.array @ deformation, scale_atoms=True)
-    atoms.positions += rng.normal(0.0, rattle, atoms.positions.shape)
-    return atoms
 
 
 def _label(potential: Potential, frames: list[tuple[str, Atoms]], progress: bool) -> list[Atoms]:
@@ -217,13 +199,10 @@ def _label(potential: Potential, frames: list[tuple[str, Atoms]], progress: bool
     out = []
     try:
         for where, atoms in bar(frames, progress, "pseudo-labelling"):
-            periodic = bool(atoms.pbc.all() and atoms.cell.rank == 3)
-            names = ("energy", "forces", "stress") if periodic else ("energy", "forces")
             try:
-                calculator.calculate(atoms, names)
-            except (NonFiniteOutputError, UnknownElementError, GeometryError) as err:
+                results = teacher_labels(calculator, atoms)
+            except (NonFiniteOutputError, UnknownElementError, GeometryError, LabelError) as err:
                 raise DataError(f"{where}: cannot pseudo-label: {err}") from err
-            results = {name: calculator.results[name] for name in names}
             atoms.info["config_type"] = PSEUDO
             atoms.calc = SinglePointCalculator(atoms, **results)
             out.append(atoms)
@@ -289,4 +268,4 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-__all__ = ["PSEUDO", "MixedSampler", "ReplaySet", "pseudo_label", "replay_set"]
+__all__ = ["PSEUDO", "pseudo_label", "replay_set"]

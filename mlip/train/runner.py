@@ -42,6 +42,7 @@ from mlip.nn.config import default_dtype
 from mlip.nn.potential import Potential
 from mlip.train import CONF_DIR, finetune
 from mlip.train.checkpoint import AtomicCheckpointIO
+from mlip.train.mixing import add_replay
 from mlip.train.module import PotentialModule
 from mlip.train.replay import pseudo_label, replay_set
 from mlip.train.rundir import is_first_process, locked_run_dir, record_config
@@ -285,7 +286,7 @@ def _start_finetune(
             label_keys=None if settings.replay == "pseudo" else datamodule.label_keys,
             progress=datamodule.progress, min_distance=datamodule.min_distance,
         )  # fmt: skip
-        datamodule.add_replay(replay, settings.replay_ratio, cfg.seed)
+        add_replay(datamodule, replay, settings.replay_ratio, cfg.seed)
         info["replay"] = {
             "files": [str(Path(f).resolve()) for f in files],
             "pseudo": settings.replay == "pseudo",
