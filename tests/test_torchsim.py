@@ -203,20 +203,90 @@ def test_non_finite_results_name_the_system():
     potential = tiny_potential("facet", species=SPECIES)
     potential.e0[SPECIES.index(8)] = float("nan")  # oxygen: only the third structure has it
     state = ts.io.atoms_to_state(periodic_structures(), CPU, torch.float64)
-    with pytest.raises(NonFiniteOutputError, match=r"not finite \(NaN or inf\) for system\(s\) 2:"):
+    with pytest.raises(
+        NonFiniteOutputError, match=r"not finite \(NaN or inf\) for system\(s\) 2:"
+    ) as caught:
         MLIPTorchSimModel(potential, device="cpu")(state)
+    assert caught.value.systems == [2]  # what the batched drivers name structures by
+    assert "system" not in caught.value.reason
+
+
+def test_what_batches_and_the_cpu_memory_budget():
+    from ase.constraints import FixAtoms
+
+    from mlip.integrations.torchsim import CPU_BATCH_ATOMS, batchable, memory_budget, to_state
+
+    slab = rattled_silicon()
+    slab.pbc = [True, True, False]
+    fixed = rattled_silicon()
+    fixed.set_constraint(FixAtoms([0]))
+    assert batchable(rattled_silicon()) and batchable(ethanol())
+    assert not batchable(slab) and not batchable(fixed)
+    model = MLIPTorchSimModel(tiny_potential("facet"), device="cpu")
+    states = [to_state([a], model) for a in periodic_structures()]
+    assert memory_budget(model, states) == ("n_atoms", CPU_BATCH_ATOMS)
+    assert memory_budget(model, states, max_atoms=100) == ("n_atoms", 100.0)
 
 
 def test_only_the_integration_imports_torch_sim():
+    """torch_sim is imported by mlip.integrations.torchsim alone, which only the batched drivers
+    (mlip.sim.batch) import; mlip, its simulation code and its commands import without it."""
     package = Path(mlip.__file__).parent
+    importers = {
+        "torch_sim": {package / "integrations" / "torchsim.py"},
+        "mlip.integrations.torchsim": {package / "sim" / "batch.py"},
+    }
     for path in package.rglob("*.py"):
-        if path == package / "integrations" / "torchsim.py":
-            continue
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             if isinstance(node, ast.ImportFrom):
                 names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
             for name in names:
-                assert not name.startswith(("torch_sim", "mlip.integrations.torchsim")), path
-    code = "import sys, mlip, mlip.integrations; assert 'torch_sim' not in sys.modules"
+                for module, allowed in importers.items():
+                    if name == module or name.startswith(f"{module}."):
+                        assert path in allowed, (path, name)
+                assert not name.startswith("mlip.sim.batch") or path.parent.name == "commands"
+    modules = "mlip, mlip.integrations, mlip.sim, mlip.commands.relax, mlip.commands.md"
+    code = f"import sys, {modules}; assert 'torch_sim' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_gpu_memory_budget_asks_torch_sim(monkeypatch):
+    """On a GPU torch-sim measures what fits (faked here: no GPU needed); a molecule, which has
+    no density, is measured by its atoms."""
+    import mlip.integrations.torchsim as tsi
+
+    asked = []
+
+    def fits(model, states, metrics, max_atoms):
+        asked.append((len(states), max_atoms))
+        return 2000.0
+
+    monkeypatch.setattr(tsi, "estimate_max_memory_scaler", fits)
+    model = MLIPTorchSimModel(tiny_potential("facet"), device="cpu")
+    crystals = [tsi.to_state([a], model) for a in periodic_structures()]
+    molecules = [tsi.to_state([ethanol(seed)], model) for seed in range(2)]
+    model._device = torch.device("cuda")
+    assert tsi.memory_budget(model, crystals) == ("n_atoms_x_density", 1800.0)
+    assert asked == [(3, 6)]  # at most twice as many copies as there are states
+    assert tsi.memory_budget(model, molecules) == ("n_atoms", 1800.0)
+    assert tsi.memory_budget(model, crystals, max_atoms=50) == ("n_atoms", 50.0)
+
+
+def test_the_cell_step_takes_the_same_frechet_derivatives_by_blocks():
+    import torch_sim.math as tsm
+
+    from mlip.integrations.torchsim import _expm_frechet_by_blocks
+
+    generator = torch.Generator().manual_seed(0)
+    A, E = (0.1 * torch.randn(3, 3, generator=generator, dtype=torch.float64) for _ in range(2))
+    algorithm = tsm.expm_frechet
+    expected = algorithm(A, E, compute_expm=False)
+    with _expm_frechet_by_blocks():
+        assert tsm.expm_frechet is not algorithm
+        derivative = tsm.expm_frechet(A, E, compute_expm=False)
+        expm_A, _ = tsm.expm_frechet(A, E)
+    assert tsm.expm_frechet is algorithm  # put back
+    assert torch.allclose(derivative, expected, rtol=0, atol=1e-12)
+    assert torch.allclose(expm_A, torch.linalg.matrix_exp(A), rtol=0, atol=1e-12)
+    assert derivative.abs().max() > 0.05

@@ -38,7 +38,19 @@ def read_structure(path: str | os.PathLike, index: int | str = -1) -> Atoms:
 
     Raises :class:`StructureFileError` naming the file and the problem.
     """
-    path = Path(path)
+    return _read(Path(path), index)[-1]
+
+
+def read_frames(path: str | os.PathLike) -> list[Atoms]:
+    """Every structure (frame) in ``path``, in file order.
+
+    Raises :class:`StructureFileError` naming the file (and the frame) and the problem.
+    """
+    return _read(Path(path), ":")
+
+
+def _read(path: Path, index: int | str) -> list[Atoms]:
+    """The frames of ``path`` that ``index`` selects, each checked (see :func:`read_structure`)."""
     if not path.exists():
         raise StructureFileError(f"{path}: no such file")
     if path.is_dir():
@@ -48,25 +60,26 @@ def read_structure(path: str | os.PathLike, index: int | str = -1) -> Atoms:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a file that reads needs no parser chatter
-            atoms = ase.io.read(path, index=index)
+            frames = ase.io.read(path, index=index)
     except Exception as err:  # ASE raises many types for a file it cannot parse
-        atoms = _read_with_pymatgen(path, err)
+        frames = _read_with_pymatgen(path, err)
     else:
         if structure_format(path) == "cif":
             _check_cif_sites(path, index)
-    if isinstance(atoms, list):
-        if not atoms:
-            raise StructureFileError(f"{path}: holds no structures")
-        atoms = atoms[-1]
-    if len(atoms) == 0:
-        raise StructureFileError(f"{path}: holds no atoms")
-    if atoms.pbc.any() and atoms.cell.rank < int(atoms.pbc.sum()):
-        raise StructureFileError(f"{path}: periodic structure with a degenerate cell")
-    # the CIF reader's bookkeeping would otherwise be copied into every output frame
-    atoms.arrays.pop("spacegroup_kinds", None)
-    for key in ("spacegroup", "unit_cell", "occupancy"):
-        atoms.info.pop(key, None)
-    return atoms
+    frames = frames if isinstance(frames, list) else [frames]
+    if not frames:
+        raise StructureFileError(f"{path}: holds no structures")
+    for k, atoms in enumerate(frames):
+        where = f"{path} (frame {k})" if len(frames) > 1 else str(path)
+        if len(atoms) == 0:
+            raise StructureFileError(f"{where}: holds no atoms")
+        if atoms.pbc.any() and atoms.cell.rank < int(atoms.pbc.sum()):
+            raise StructureFileError(f"{where}: periodic structure with a degenerate cell")
+        # the CIF reader's bookkeeping would otherwise be copied into every output frame
+        atoms.arrays.pop("spacegroup_kinds", None)
+        for key in ("spacegroup", "unit_cell", "occupancy"):
+            atoms.info.pop(key, None)
+    return frames
 
 
 def structure_format(path: str | os.PathLike) -> str | None:
@@ -78,8 +91,18 @@ def structure_format(path: str | os.PathLike) -> str | None:
 
 
 def _check_cif_sites(path: Path, index: int | str) -> None:
-    """Refuse the CIF block ``index`` selects (the last, for a selection of several) where a site
-    is partly occupied or two ``_atom_site`` rows coincide.
+    """Refuse the CIF blocks ``index`` selects where a site is partly occupied or two
+    ``_atom_site`` rows coincide (see :func:`_check_cif_block`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        blocks = [block for block in parse_cif(str(path)) if block.has_structure()]
+    chosen = blocks[string2index(index) if isinstance(index, str) else index]
+    for block in chosen if isinstance(chosen, list) else [chosen]:
+        _check_cif_block(path, block)
+
+
+def _check_cif_block(path: Path, block: CIFBlock) -> None:
+    """Refuse a CIF block where a site is partly occupied or two ``_atom_site`` rows coincide.
 
     Rows coincide when one lies on a symmetry image of the other (ASE's reader keeps only the
     first). That is refused when they are at the same position or hold different elements; rows
@@ -88,9 +111,6 @@ def _check_cif_sites(path: Path, index: int | str) -> None:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        blocks = [block for block in parse_cif(str(path)) if block.has_structure()]
-        chosen = blocks[string2index(index) if isinstance(index, str) else index]
-        block = chosen[-1] if isinstance(chosen, list) else chosen
         sites = block.get_unsymmetrized_structure()
         symbols = sites.get_chemical_symbols()
         labels = [str(label) for label in block.get("_atom_site_label", symbols)]
