@@ -10,11 +10,13 @@ It loads with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import math
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,21 +58,40 @@ def save_model(potential: Potential, path: str | os.PathLike, metadata: dict | N
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the target's directory, then rename it over ``path``:
+    """``torch.save`` through :func:`atomic_write`, synced to disk before the rename."""
+
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return atomic_write(path, save)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
+    """``write(tmp)`` to a temporary file in the target's directory, then rename it over ``path``:
     a process killed during the write leaves the previous file intact (and a ``.tmp`` at worst)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_model_file(path: str | os.PathLike) -> dict[str, Any]:

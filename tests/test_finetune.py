@@ -21,6 +21,7 @@ import mlip.cli
 from mlip import keys
 from mlip.data.graph import atoms_to_batch
 from mlip.errors import ConfigError
+from mlip.export import sha256
 from mlip.nn.config import default_dtype
 from mlip.train import finetune
 from mlip.train.runner import compose, train
@@ -184,7 +185,7 @@ def test_finetune_onto_a_new_element(base, data, tmp_path):
     tuned = mlip.load_model(result.model_path)
     assert tuned.elements == ["Cu", "Au"]
     info = tuned.metadata["finetune"]
-    assert info["base_sha256"] == finetune.sha256(base) and info["new_elements"] == ["Au"]
+    assert info["base_sha256"] == sha256(base) and info["new_elements"] == ["Au"]
     assert info["e0"]["mode"] == "keep"
     assert info["e0"]["used_eV"]["Cu"] == pytest.approx(info["e0"]["base_eV"]["Cu"], abs=1e-12)
     assert info["kept_from_base"]["avg_num_neighbors"] == pytest.approx(

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -45,7 +43,7 @@ from mlip.distill.labels import LabelSummary, label_frames, labels_path
 from mlip.distill.student import Student, errors_against_teacher, md_speed
 from mlip.distill.teacher import Teacher
 from mlip.errors import ConfigError, RunDirectoryError
-from mlip.export import load_model, save_model
+from mlip.export import atomic_write, load_model, save_model
 from mlip.sim.evaluate import format_table
 from mlip.train import CONF_DIR
 from mlip.train.rundir import locked_run_dir, record_config
@@ -164,7 +162,7 @@ def _distill(cfg: DictConfig, run_dir: Path) -> DistillResult:
     }
     metadata = {**(potential.metadata or {}), "distill": report}
     model_path = save_model(potential, run_dir / "model.pt", metadata=metadata)
-    _write_atomic(run_dir / "report.json", json.dumps(report, indent=1, default=str))
+    _write_text(run_dir / "report.json", json.dumps(report, indent=1, default=str))
     print(
         f"mlip distill: done in {time.perf_counter() - started:.0f} s.\n"
         f"Model file: {model_path.resolve()} (distilled from {teacher.name})",
@@ -223,14 +221,14 @@ def structures(
             bar(md.frames(static, teacher.calculator), cfg.progress, "teacher MD", total)
         )
         failures = md.failures
-    _write_atomic(path, lambda tmp: ase.io.write(tmp, frames, format="extxyz"))
+    atomic_write(path, lambda tmp: ase.io.write(tmp, frames, format="extxyz"))
     record = {
         "fingerprint": fingerprint,
         "frames": len(frames),
         "families": dict(Counter(family(a) for a in frames)),
         "md_failures": failures,
     }
-    _write_atomic(sidecar, json.dumps(record, indent=1))
+    _write_text(sidecar, json.dumps(record, indent=1))
     return ase.io.read(path, ":", format="extxyz"), record  # labels see the file's frames
 
 
@@ -317,19 +315,8 @@ def _fingerprint(cfg: DictConfig, teacher: Teacher) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: Path, content: str | Any) -> None:
-    """``content`` (text, or a function writing a file name) to ``path`` via a temporary file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        if isinstance(content, str):
-            Path(tmp).write_text(content, encoding="utf-8")
-        else:
-            content(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 __all__ = ["DistillResult", "build_teacher", "compose", "distill", "family", "split", "structures"]

@@ -8,13 +8,14 @@ config is chosen, never by mlip itself.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ase.calculators.calculator import Calculator
+
+from mlip.export import sha256
 
 
 @dataclass
@@ -68,16 +69,8 @@ def from_model_file(
         calculator=calculator,
         name=f"mlip model file {path.name}",
         licence=metadata.get("licence") or inherited.get("licence"),
-        settings={"path": str(path.resolve()), "sha256": _sha256(path), "device": device},
+        settings={"path": str(path.resolve()), "sha256": sha256(path), "device": device},
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 __all__ = ["Teacher", "from_model_file"]

@@ -12,7 +12,6 @@ the learning rate and warm-up, and replay against forgetting (wired in
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import math
 import os
 import warnings
@@ -24,7 +23,7 @@ from ase.data import chemical_symbols
 from omegaconf import DictConfig, OmegaConf
 
 from mlip.errors import ConfigError
-from mlip.export import MODEL_CLASSES, build_potential, load_model, read_model_file
+from mlip.export import MODEL_CLASSES, build_potential, load_model, read_model_file, sha256
 from mlip.nn.potential import Potential
 
 E0_MODES = ("refit", "keep")
@@ -316,15 +315,6 @@ def check_frozen_rows(potential: Potential, frozen: Sequence[str], weight_decay:
             f"train, and weight_decay={weight_decay} would still shrink them: set "
             "optim.optimizer.weight_decay=0"
         )
-
-
-def sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _zero_rows(rows: int):

@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +36,7 @@ from mlip.data.records import LabelKeys
 from mlip.distill.labels import LabelError, teacher_labels
 from mlip.distill.perturb import strain_and_rattle, unlabelled
 from mlip.errors import DataError, GeometryError, NonFiniteOutputError, UnknownElementError
+from mlip.export import atomic_write, sha256
 from mlip.nn.potential import Potential
 from mlip.train.mixing import ReplaySet
 
@@ -164,15 +164,15 @@ def pseudo_label(
         if _reusable(out, sidecar, fingerprint):
             return out
         frames = _label(potential, _perturbed(files, settings), progress)
-        _write_atomic(out, lambda tmp: ase.io.write(tmp, frames, format="extxyz"))
+        atomic_write(out, lambda tmp: ase.io.write(tmp, frames, format="extxyz"))
         record = {
             "fingerprint": fingerprint,
-            "sha256": _sha256(out),
+            "sha256": sha256(out),
             "frames": len(frames),
             "structures": [os.fspath(p) for p in files],
             **settings,
         }
-        _write_atomic(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
+        atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
     return out
 
 
@@ -220,7 +220,7 @@ def _fingerprint(potential: Potential, files: list[Path], settings: dict) -> str
     for path in files:
         found = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for file in found:
-            digest.update(_sha256(file).encode())
+            digest.update(sha256(file).encode())
     for name, tensor in sorted(potential.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
@@ -232,29 +232,9 @@ def _reusable(out: Path, sidecar: Path, fingerprint: str) -> bool:
     """Whether ``out`` was written from the inputs of ``fingerprint`` and not changed since."""
     try:
         record = json.loads(sidecar.read_text())
-        return record["fingerprint"] == fingerprint and record["sha256"] == _sha256(out)
+        return record["fingerprint"] == fingerprint and record["sha256"] == sha256(out)
     except (OSError, ValueError, KeyError, TypeError):
         return False
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_atomic(path: Path, write) -> None:
-    """``write(tmp)`` to a temporary file next to ``path``, then rename it to ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @contextmanager
