@@ -71,12 +71,17 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     """``write(tmp)`` to a temporary file in the target's directory, then rename it over ``path``:
-    a process killed during the write leaves the previous file intact (and a ``.tmp`` at worst)."""
+    a process killed during the write leaves the previous file intact (and a ``.tmp`` at worst).
+    The file gets the permissions of a plain ``open`` (``0o666`` less the umask), not ``mkstemp``'s
+    owner-only ``0o600``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)
         write(tmp)
         os.replace(tmp, path)
     except BaseException:

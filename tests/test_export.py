@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +129,17 @@ def test_save_is_atomic(potential, tmp_path, monkeypatch):
         mlip.save_model(potential, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_saved_files_are_as_readable_as_any_other(potential, tmp_path):
+    """An atomic save gives the file a plain ``open``'s permissions (0o666 less the umask), not
+    the owner-only 0o600 of its temporary file."""
+    umask = os.umask(0o022)
+    try:
+        path = mlip.save_model(potential, tmp_path / "model.pt")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 @pytest.mark.parametrize("name", ["silu", "poly2_degree3"])
