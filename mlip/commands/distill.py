@@ -30,7 +30,7 @@ Teacher -> structures -> labels -> student, each step configured in conf/distill
   md.temperatures_K=[300,900] md.steps=200 md.interval=10   teacher MD snapshots
   student.model=facet_small "student.overrides=['trainer.max_epochs=100','cutoff=4.5']"
                                        the student's `mlip train` run (student.finetune_from=M.pt)
-  run_name=NAME (run_dir=runs/NAME)   seed=0   test_fraction=0.1
+  run_name=NAME (run_dir=runs/NAME)   seed=0   test_fraction=0.1   until=labels (stop after labelling)
 Examples:
   {PROG} cu.cif                          # EMT teacher (ASE), a >= 64-atom Cu supercell
   {PROG} si.cif teacher=sevennet0 md.temperatures_K=[300,1200] run_name=si_7net
