@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlip.commands import add_model_options
+from mlip.commands import add_model_options, torch_sim_found
 from mlip.errors import UnknownElementError, report_errors
 from mlip.outputs import writable_file
 
@@ -186,7 +185,12 @@ def _run(args: argparse.Namespace) -> int:
             f"{args.steps} steps of {args.timestep} fs (seed {run.seed})"
         )
     batched = args.ensemble == "nve" or (args.ensemble, args.thermostat) == ("nvt", "langevin")
-    if len(runs) > 1 and batched and not args.no_batch and _torch_sim_found():
+    if (
+        len(runs) > 1
+        and batched
+        and not args.no_batch
+        and torch_sim_found(PROG, "one run at a time: batched MD needs torch-sim")
+    ):
         from mlip.sim.batch import batchable
 
         if all(batchable(run.atoms) for run in runs):
@@ -214,18 +218,6 @@ def _runs(paths: list[Path], structures: list[Atoms], args: argparse.Namespace) 
                 log = Path(args.log or f"{path.stem}_md.log")
             runs.append(_Run(path, atoms, replica, args.seed + k, trajectory, log))
     return runs
-
-
-def _torch_sim_found() -> bool:
-    """Whether torch-sim can be imported; if not, a note says how to install it."""
-    if importlib.util.find_spec("torch_sim") is not None:
-        return True
-    print(
-        f"{PROG}: note: one run at a time: batched MD needs torch-sim "
-        '(pip install "mlip[torchsim]")',
-        file=sys.stderr,
-    )
-    return False
 
 
 def _run_one(run: _Run, calc, args: argparse.Namespace) -> None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlip.commands import add_model_options
+from mlip.commands import add_model_options, torch_sim_found
 from mlip.errors import INPUT_ERRORS, OutputError, StructureFileError, one_line, report_errors
 from mlip.outputs import writable_file
 
@@ -151,7 +150,14 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{PROG}: error: {s.name}: {one_line(err)}", file=sys.stderr)
             return 1
     results: dict[int, RelaxResult | None] = {}
-    if several and not args.no_batch and args.optimizer == "FIRE" and _torch_sim_found():
+    if (
+        several
+        and not args.no_batch
+        and args.optimizer == "FIRE"
+        and torch_sim_found(
+            PROG, "relaxing one structure at a time: batched relaxation needs torch-sim"
+        )
+    ):
         results = _relax_batched(structures, trajectories, calc, args)
     ok = True
     for path in paths:
@@ -191,18 +197,6 @@ def _read(paths: list[Path], all_frames: bool) -> list[_Structure]:
             name = f"{path}@{k}" if frame is not None else str(path)
             structures.append(_Structure(path, frame, atoms, name))
     return structures
-
-
-def _torch_sim_found() -> bool:
-    """Whether torch-sim can be imported; if not, a note says how to install it."""
-    if importlib.util.find_spec("torch_sim") is not None:
-        return True
-    print(
-        f"{PROG}: note: relaxing one structure at a time: batched relaxation needs torch-sim "
-        '(pip install "mlip[torchsim]")',
-        file=sys.stderr,
-    )
-    return False
 
 
 def _relax_batched(
