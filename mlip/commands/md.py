@@ -125,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from mlip.calculator import MLIPCalculator
-    from mlip.sim.io import read_structure
+    from mlip.sim.io import is_bulk, read_structure
 
     problems = [
         f"{name} must be > 0"
@@ -157,7 +157,7 @@ def _run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        if args.ensemble == "npt" and not (atoms.pbc.all() and atoms.cell.rank == 3):
+        if args.ensemble == "npt" and not is_bulk(atoms):
             print(f"{PROG}: error: {path}: NPT needs a periodic structure", file=sys.stderr)
             return 2
     runs = _runs(paths, structures, args)

@@ -112,6 +112,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from mlip.calculator import MLIPCalculator
+    from mlip.sim.io import is_bulk
 
     if args.fmax <= 0 or args.smax <= 0 or args.steps < 0:
         print(f"{PROG}: error: --fmax and --smax must be > 0 and --steps >= 0", file=sys.stderr)
@@ -125,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
     structures = _read(paths, args.all_frames)  # every file is checked before any work
     if args.relax_cell:
         for s in structures:
-            if not _periodic(s.atoms):
+            if not is_bulk(s.atoms):
                 print(
                     f"{PROG}: error: {s.name}: --cell needs a periodic structure", file=sys.stderr
                 )
@@ -205,13 +206,14 @@ def _relax_batched(
     """Relax the structures torch-sim can batch together (see ``mlip.sim.batch.batchable``);
     the others are left to the one-at-a-time path."""
     from mlip.sim.batch import MLIPTorchSimModel, batchable, relax_batch
+    from mlip.sim.io import is_bulk
 
     ids = [i for i, s in enumerate(structures) if batchable(s.atoms)]
     if len(ids) < 2:
         return {}
     model = MLIPTorchSimModel(calc.potential, device=calc.device, min_distance=args.min_distance)
     chosen = [structures[i] for i in ids]
-    cells = {args.relax_cell if args.relax_cell is not None else _periodic(s.atoms) for s in chosen}
+    cells = {args.relax_cell if args.relax_cell is not None else is_bulk(s.atoms) for s in chosen}
     how = {True: "cells relaxed", False: "fixed cells"}.get(*cells) if len(cells) == 1 else None
     print(
         f"{len(ids)} structures ({sum(len(s.atoms) for s in chosen)} atoms) together: torch-sim "
@@ -239,12 +241,13 @@ def _relax_one(
     s: _Structure, traj: Path | None, calc, args: argparse.Namespace
 ) -> RelaxResult | None:
     """Relax one structure with ASE, printing its steps; None if it failed (said on stderr)."""
+    from mlip.sim.io import is_bulk
     from mlip.sim.relax import relax
 
     atoms = s.atoms
     relax_cell = args.relax_cell
     if relax_cell is None:
-        relax_cell = _periodic(atoms)
+        relax_cell = is_bulk(atoms)
     print(
         f"{s.name}: {len(atoms)} atoms ({atoms.get_chemical_formula()}), {args.optimizer}, "
         f"{'cell relaxed' if relax_cell else 'fixed cell'}, fmax {args.fmax} eV/Å"
@@ -369,10 +372,6 @@ def _output_path(path: Path, output: str | None, several: bool) -> tuple[Path, s
     else:
         name, out_fmt = f"{path.name}_relaxed.extxyz", "extxyz"
     return (Path(output) / name if output else Path(name)), out_fmt
-
-
-def _periodic(atoms: Atoms) -> bool:
-    return bool(atoms.pbc.all()) and atoms.cell.rank == 3
 
 
 if __name__ == "__main__":

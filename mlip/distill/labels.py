@@ -27,7 +27,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from mlip.data.lmdb import close_environment
 from mlip.data.readers import bar
-from mlip.distill.perturb import is_bulk, unlabelled
+from mlip.distill.perturb import unlabelled
+from mlip.sim.io import is_bulk
 
 FAILED = "failed.jsonl"
 

@@ -13,6 +13,7 @@ import numpy as np
 from ase import Atoms
 
 from mlip import keys
+from mlip.sim.io import is_bulk
 
 
 def unlabelled(atoms: Atoms) -> Atoms:
@@ -20,11 +21,6 @@ def unlabelled(atoms: Atoms) -> Atoms:
     positions, cell, pbc, and the total charge and spin (``info``) a model reads."""
     info = {name: atoms.info[name] for name in (keys.CHARGE, keys.SPIN) if name in atoms.info}
     return Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc, info=info)
-
-
-def is_bulk(atoms: Atoms) -> bool:
-    """Whether ``atoms`` is periodic in all three directions with a cell of non-zero volume."""
-    return bool(atoms.pbc.all() and atoms.cell.rank == 3)
 
 
 def rattle(atoms: Atoms, rng: np.random.Generator, std_A: float) -> Atoms:
@@ -100,7 +96,6 @@ def supercell(atoms: Atoms, min_atoms: int) -> Atoms:
 
 __all__ = [
     "deform",
-    "is_bulk",
     "isotropic_strain",
     "random_strain",
     "rattle",

@@ -18,7 +18,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 
 from mlip.distill import perturb
-from mlip.sim.io import read_structure
+from mlip.sim.io import is_bulk, read_structure
 
 ORIGINAL = "original"
 RATTLE = "rattle"
@@ -105,7 +105,7 @@ class StructureSampler:
         yield _tagged(base, ORIGINAL, source)
         for _ in range(self.rattles):
             yield _tagged(perturb.rattle(base, rng, self.rattle_A), RATTLE, source)
-        if perturb.is_bulk(base):
+        if is_bulk(base):
             for linear in self.isotropic_strains:
                 strained = perturb.deform(base, perturb.isotropic_strain(linear))
                 yield _tagged(perturb.rattle(strained, rng, self.rattle_A), STRAIN_ISO, source)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from mlip.errors import GeometryError, NonFiniteOutputError
 from mlip.integrations import torchsim as tsi
 from mlip.integrations.torchsim import MLIPTorchSimModel, batchable
+from mlip.sim.io import is_bulk
 from mlip.sim.md import MDResult, thermalize
 from mlip.sim.relax import RelaxResult, RelaxStep
 
@@ -63,7 +64,7 @@ def relax_batch(
 
     Returns one :class:`~mlip.sim.relax.RelaxResult` per structure, in input order.
     """
-    if relax_cell and not all(_periodic(a) for a in structures):
+    if relax_cell and not all(is_bulk(a) for a in structures):
         raise ValueError("cell relaxation needs structures periodic in all three directions")
     for i, atoms in enumerate(structures):
         if not batchable(atoms):
@@ -73,8 +74,8 @@ def relax_batch(
     results: list[RelaxResult | None] = [None] * len(structures)
     groups: dict[tuple[bool, bool], list[int]] = {}
     for i, atoms in enumerate(structures):
-        cell = _periodic(atoms) if relax_cell is None else relax_cell
-        groups.setdefault((cell, _periodic(atoms)), []).append(i)
+        cell = is_bulk(atoms) if relax_cell is None else relax_cell
+        groups.setdefault((cell, is_bulk(atoms)), []).append(i)
     bar = tqdm(
         total=len(structures),
         unit="structure",
@@ -242,7 +243,7 @@ def md_batch(
             thermalize(atoms, temperature_K, np.random.default_rng(seed))
         starts.append(atoms)
     results: list[MDResult | None] = [None] * n
-    periodic = [_periodic(a) for a in starts]
+    periodic = [is_bulk(a) for a in starts]
     batches = []
     for kind in sorted(set(periodic)):
         ids = [i for i in range(n) if periodic[i] == kind]
@@ -320,7 +321,7 @@ class _MDOutput:
     def __init__(self, starts, trajectories, logs, timestep_fs):
         self.starts, self.trajectories, self.logs = starts, trajectories, logs
         self.timestep_fs = timestep_fs
-        self.periodic = [_periodic(a) for a in starts]
+        self.periodic = [is_bulk(a) for a in starts]
         self.clock = (0, 0.0)
         for log, periodic in zip(logs, self.periodic, strict=True):
             if log is not None:
@@ -408,7 +409,7 @@ def _systems(
             atoms.set_cell(cells[b])
         atoms.positions = positions[b]
         results = {"energy": energy[b], "free_energy": energy[b], "forces": forces[b]}
-        if stresses is not None and _periodic(template):
+        if stresses is not None and is_bulk(template):
             results["stress"] = full_3x3_to_voigt_6_stress(stresses[b])
         atoms.calc = SinglePointCalculator(atoms, **results)
         frames.append(atoms)
@@ -441,10 +442,6 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
 
 def _numpy(value: torch.Tensor | None) -> np.ndarray | None:
     return None if value is None else value.detach().cpu().numpy()
-
-
-def _periodic(atoms: Atoms) -> bool:
-    return bool(atoms.pbc.all()) and atoms.cell.rank == 3
 
 
 def _volume(atoms: Atoms) -> float:

@@ -21,6 +21,12 @@ from ase.io.formats import string2index
 
 from mlip.errors import StructureFileError, one_line
 
+
+def is_bulk(atoms: Atoms) -> bool:
+    """Whether ``atoms`` is periodic in all three directions with a cell of non-zero volume."""
+    return bool(atoms.pbc.all() and atoms.cell.rank == 3)
+
+
 _PYMATGEN_FORMATS = ("cif", "vasp")
 
 _FULL_OCCUPANCY = 0.01

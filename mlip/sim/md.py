@@ -21,7 +21,7 @@ from ase.md.md import MolecularDynamics
 from ase.md.verlet import VelocityVerlet
 from threadpoolctl import threadpool_limits
 
-from mlip.sim.io import snapshot
+from mlip.sim.io import is_bulk, snapshot
 
 ENSEMBLES = ("nve", "nvt", "npt")
 THERMOSTATS = ("langevin", "bussi")
@@ -86,7 +86,7 @@ def make_integrator(
             return Bussi(atoms, dt, temperature_K=temperature_K, taut=tau_fs * units.fs, rng=rng)
         raise ValueError(f"unknown thermostat {thermostat!r}: choose from {', '.join(THERMOSTATS)}")
     if ensemble == "npt":
-        if not (atoms.pbc.all() and atoms.cell.rank == 3):
+        if not is_bulk(atoms):
             raise ValueError("NPT needs a structure periodic in all three directions")
         from ase.md.nose_hoover_chain import IsotropicMTKNPT  # ASE >= 3.26
 
@@ -156,7 +156,7 @@ def run_md(
         rng=rng,
         **integrator_options,
     )
-    periodic = bool(atoms.pbc.all()) and atoms.cell.rank == 3
+    periodic = is_bulk(atoms)
     n = len(atoms)
     with ExitStack() as stack:
         # small numpy/scipy linear algebra (cell filters, integrators) only loses from BLAS threads,

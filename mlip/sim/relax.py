@@ -15,7 +15,7 @@ from ase.filters import FrechetCellFilter
 from ase.optimize import BFGS, FIRE, LBFGS
 from threadpoolctl import threadpool_limits
 
-from mlip.sim.io import snapshot
+from mlip.sim.io import is_bulk, snapshot
 
 OPTIMIZERS = {"FIRE": FIRE, "BFGS": BFGS, "LBFGS": LBFGS}
 
@@ -62,7 +62,7 @@ def relax(
     """
     if optimizer.upper() not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}: choose from {', '.join(OPTIMIZERS)}")
-    periodic = bool(atoms.pbc.all()) and atoms.cell.rank == 3
+    periodic = is_bulk(atoms)
     if relax_cell is None:
         relax_cell = periodic
     if relax_cell and not periodic:
