@@ -134,6 +134,25 @@ def test_bad_frames_can_be_skipped_and_counted(tmp_path, kind, kept, message):
     assert described["bad_frames"][0].startswith(f"{path}, {message}")
 
 
+def test_forces_above_max_force_are_absurd_labels(tmp_path):
+    """data.max_force: a frame whose largest force component exceeds it is bad, named with its
+    force; without it the frame trains."""
+    frames = ase.io.read(SI, "57:61")
+    forces = frames[2].get_forces()
+    forces[4, 1] = -75.0
+    frames[2].calc.results["forces"] = forces
+    path = tmp_path / "absurd.xyz"
+    ase.io.write(path, frames)
+    assert (
+        len(module(train=path, index=":", val_fraction=0.0, test_fraction=0.0).splits["train"]) == 4
+    )
+    with pytest.raises(DataError, match=r"frame 2: a force of 75 eV/Å, above data.max_force=50"):
+        module(train=path, index=":", max_force=50.0)
+    dm = module(train=path, index=":", max_force=50.0, on_error="skip", val_fraction=0.0,
+                test_fraction=0.0)  # fmt: skip
+    assert len(dm.splits["train"]) == 3 and dm.describe()["max_force"] == 50.0
+
+
 def test_unknown_label_key_names_file_and_frame():
     with pytest.raises(
         DataError, match=r"Si_train.xyz, frame 57: energy missing \(looked for 'E_dft'\)"

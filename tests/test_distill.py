@@ -204,6 +204,30 @@ def test_failed_and_nonfinite_frames_are_named_and_never_written(cu_file, tmp_pa
     assert len(read_failed(tmp_path)) == 2 and path.read_text().endswith("\n")
 
 
+class Exploding(EMT):
+    """EMT that gives one atom an absurd force on compressed cells (as SevenNet-0 does far out of
+    its training domain: 10^7 eV/Å on CsCl-type HgH)."""
+
+    def calculate(self, *args, **kwargs):
+        super().calculate(*args, **kwargs)
+        if self.atoms.get_volume() < 0.99 * 8 * 3.61**3 / 4:
+            self.results["forces"] = self.results["forces"].copy()
+            self.results["forces"][0, 2] = 1e7
+
+
+def test_absurd_forces_are_refused_and_named(cu_file, tmp_path):
+    frames = list(small_sampler(cu_file, isotropic_strains=[-0.03, 0.02]).frames())
+    parts = ["train"] * len(frames)
+    summary = label_frames(frames, parts, Exploding(), tmp_path, progress=False, max_force=50.0)
+    failed = {r["frame"]: r for r in read_failed(tmp_path)}
+    assert sorted(failed) == [4] and len(summary.failed) == 1  # the -3 % strain
+    assert "a force of 1e+07 eV/Å, above max_force=50" in failed[4]["error"]
+    written = sorted(frame for frame, _ in read_rows(labels_path(tmp_path, "train")))
+    assert written == [k for k in range(len(frames)) if k != 4]
+    labels = teacher_labels(Exploding(), frames[4])  # no limit: the label is the teacher's
+    assert labels["forces"][0, 2] == 1e7
+
+
 # -- the whole run ----------------------------------------------------------------------------------
 
 

@@ -43,7 +43,8 @@ class DataModule(pl.LightningDataModule):
     are the keys of ``conf/data/*.yaml``, which say what each does: ``val`` / ``test`` files, else
     seeded fractions of ``train``; ``species`` (atomic numbers; None: those of the data);
     ``stats_max_frames`` (None: every frame read and checked before training; N: statistics from a
-    sample, the other frames checked as loaded); ``min_distance`` (Å); ``on_error``."""
+    sample, the other frames checked as loaded); ``min_distance`` (Å); ``max_force`` (eV/Å);
+    ``on_error``."""
 
     train: Paths
     cutoff: float
@@ -61,6 +62,7 @@ class DataModule(pl.LightningDataModule):
     stats_max_frames: int | None = None
     stats_seed: int = 0
     min_distance: float = MIN_DISTANCE
+    max_force: float | None = None
     on_error: OnError = "raise"
     batch_size: int = 4
     eval_batch_size: int | None = None
@@ -171,7 +173,10 @@ class DataModule(pl.LightningDataModule):
     def _index(
         self, source: Dataset, indices: np.ndarray, species: Sequence[int] | None = None
     ) -> FrameIndex:
-        return FrameIndex(source, indices, species, self.required, self.on_error, self.min_distance)
+        return FrameIndex(
+            source, indices, species, self.required, self.on_error, self.min_distance,
+            self.max_force,
+        )  # fmt: skip
 
     def _isolated_energies(self) -> dict[int, float]:
         """E0s from the files of ``isolated_atoms`` (their frames must be isolated atoms)."""
@@ -277,7 +282,14 @@ class DataModule(pl.LightningDataModule):
         for name in ("val", "test"):  # a fraction splits only where no file is given
             fraction = getattr(self, f"{name}_fraction")
             out[f"{name}_fraction"] = None if self.paths[name] else fraction
-        settings = ("cutoff", "min_distance", "stats_max_frames", "stats_seed", "on_error")
+        settings = (
+            "cutoff",
+            "min_distance",
+            "max_force",
+            "stats_max_frames",
+            "stats_seed",
+            "on_error",
+        )
         out |= {name: getattr(self, name) for name in settings}
         bad = self.bad.messages[:SHOWN] + list(self.loaded_bad)[:SHOWN]
         out |= {
@@ -339,6 +351,7 @@ class FrameIndex(Dataset):
     required: tuple[str, ...]
     on_error: OnError
     min_distance: float = 0.0
+    max_force: float | None = None
     checked: bool = False
 
     def __post_init__(self) -> None:
@@ -356,7 +369,7 @@ class FrameIndex(Dataset):
             if not self.checked:
                 allowed = allowed_elements(self.species)
                 problem = check_graph(
-                    graph, allowed, self.required, self.species, self.min_distance
+                    graph, allowed, self.required, self.species, self.min_distance, self.max_force
                 )
                 if problem:
                     raise DataError(f"{self.source.describe(index)}: {problem}")

@@ -218,9 +218,11 @@ def check_graph(
     required: Sequence[str] = (),
     species: Sequence[int] | None = None,
     min_distance: float = 0.0,
+    max_force: float | None = None,
 ) -> str | None:
     """What makes ``graph`` unfit for training, or None: no atoms, a NaN, atoms closer than
-    ``min_distance`` Å, a ``required`` label missing, or an element outside ``allowed``."""
+    ``min_distance`` Å, a ``required`` label missing, a force component above ``max_force`` eV/Å
+    (an absurd label), or an element outside ``allowed``."""
     if graph.num_nodes == 0:
         return "frame has no atoms"
     if not (torch.isfinite(graph.pos).all() and torch.isfinite(graph.cell).all()):
@@ -236,6 +238,10 @@ def check_graph(
             return f"{name} missing"
         if present and not torch.isfinite(graph[name]).all():
             return f"{name} contains NaN or inf"
+    if max_force is not None and bool(graph[keys.HAS["forces"]]) and graph.forces.numel():
+        largest = float(graph.forces.abs().max())
+        if largest > max_force:
+            return f"a force of {largest:.4g} eV/Å, above data.max_force={max_force:g}"
     numbers = graph.z.numpy()
     known = (numbers >= 0) & (numbers <= MAX_Z)
     known[known] = allowed[numbers[known]]

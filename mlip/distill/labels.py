@@ -1,11 +1,12 @@
 """Teacher labels, written to ASE-LMDB as they come: a killed run continues where it stopped.
 
 :func:`teacher_labels` asks a calculator for one frame's energy (eV), forces (``[N, 3]`` eV/Å) and,
-for bulk cells, stress (Voigt ``[6]`` eV/Å³, ASE sign) and refuses non-finite values.
+for bulk cells, stress (Voigt ``[6]`` eV/Å³, ASE sign) and refuses non-finite values and absurd
+forces (a component above ``max_force`` eV/Å: the teacher is out of its depth there).
 :func:`label_frames` labels numbered frames into ``labels_<part>.aselmdb`` files (one row per
 frame: ``key_value_pairs`` ``frame`` (its number) and ``config_type``; ``data`` the rest of its
 ``info``), each row its own LMDB transaction, so a kill at any point loses at most the frame being
-labelled. A frame the teacher fails on (an exception or a non-finite label) goes to
+labelled. A frame the teacher fails on (an exception, a non-finite or absurd label) goes to
 ``failed.jsonl`` (``{"frame", "name", "error"}``, one JSON object a line) instead; rerunning
 skips every frame found in either, so each frame ends up exactly once in one of them.
 """
@@ -34,7 +35,7 @@ FAILED = "failed.jsonl"
 
 
 class LabelError(ValueError):
-    """The teacher gave a non-finite or malformed label."""
+    """The teacher gave a non-finite, absurd or malformed label."""
 
 
 def labels_path(directory: str | os.PathLike, part: str) -> Path:
@@ -42,11 +43,13 @@ def labels_path(directory: str | os.PathLike, part: str) -> Path:
     return Path(directory) / f"labels_{part}.aselmdb"
 
 
-def teacher_labels(calculator: Calculator, atoms: Atoms) -> dict[str, Any]:
+def teacher_labels(
+    calculator: Calculator, atoms: Atoms, max_force: float | None = None
+) -> dict[str, Any]:
     """``{"energy": eV, "forces": [N, 3] eV/Å, "stress": [6] eV/Å³ (bulk cells, where the
     calculator has it)}`` of ``atoms`` by ``calculator``; a copy of ``atoms`` is computed, so
-    ``atoms`` keeps no calculator. Raises :class:`LabelError` for a non-finite or misshapen value;
-    the calculator's own exceptions pass through."""
+    ``atoms`` keeps no calculator. Raises :class:`LabelError` for a non-finite or misshapen value
+    or a force component above ``max_force`` eV/Å; the calculator's own exceptions pass through."""
     work = unlabelled(atoms)
     work.calc = calculator
     results: dict[str, Any] = {
@@ -65,6 +68,9 @@ def teacher_labels(calculator: Calculator, atoms: Atoms) -> dict[str, Any]:
     bad = [name for name, value in results.items() if not np.isfinite(value).all()]
     if bad:
         raise LabelError(f"non-finite {', '.join(bad)} (refused, not written)")
+    largest = float(np.abs(results["forces"]).max(initial=0.0))
+    if max_force is not None and largest > max_force:
+        raise LabelError(f"a force of {largest:.4g} eV/Å, above max_force={max_force:g} (refused)")
     return results
 
 
@@ -140,10 +146,11 @@ def label_frames(
     teacher: Calculator,
     directory: str | os.PathLike,
     progress: bool = True,
+    max_force: float | None = None,
 ) -> LabelSummary:
     """Label every frame of ``frames`` not yet done in ``directory`` with ``teacher``, frame ``k``
-    into ``labels_<parts[k]>.aselmdb`` (or ``failed.jsonl``), in order. The caller holds the
-    directory (one process at a time)."""
+    into ``labels_<parts[k]>.aselmdb`` (or ``failed.jsonl``), in order; a force component above
+    ``max_force`` eV/Å fails the frame. The caller holds the directory (one process at a time)."""
     if len(parts) != len(frames):
         raise ValueError(f"{len(frames)} frames but {len(parts)} parts")
     directory = Path(directory)
@@ -164,7 +171,7 @@ def label_frames(
             for k in bar(todo, progress, "labelling", total=len(todo)):
                 atoms = frames[k]
                 try:
-                    results = teacher_labels(teacher, atoms)
+                    results = teacher_labels(teacher, atoms, max_force)
                 except Exception as err:  # any teacher, any failure: named, never dropped
                     record = {"frame": k, "name": frame_name(k, atoms), "error": repr(err)}
                     failed.write(json.dumps(record) + "\n")

@@ -119,7 +119,10 @@ def _distill(cfg: DictConfig, run_dir: Path) -> DistillResult:
         flush=True,
     )
     parts = split(frames, float(cfg.test_fraction), int(cfg.seed))
-    labels = label_frames(frames, parts, teacher.calculator, run_dir, progress=cfg.progress)
+    max_force = cfg.get("max_force")
+    labels = label_frames(
+        frames, parts, teacher.calculator, run_dir, progress=cfg.progress, max_force=max_force
+    )
     _report_labels(labels, run_dir)
     if cfg.get("until", "model") == "labels":
         print(
@@ -132,17 +135,19 @@ def _distill(cfg: DictConfig, run_dir: Path) -> DistillResult:
     student: Student = instantiate(cfg.student, _convert_="all")
     test = labels_path(run_dir, "test") if labels.counts.get("test") else None
     result = student.train(
-        labels_path(run_dir, "train"), test, run_dir / "student", cfg.seed, cfg.progress
-    )
+        labels_path(run_dir, "train"), test, run_dir / "student", cfg.seed, cfg.progress,
+        max_force,
+    )  # fmt: skip
     potential = load_model(result.model_path)
-    held_out = read_frames(test) if test else []
+    held_out, absurd = within_max_force(read_frames(test) if test else [], max_force)
     for atoms in held_out:
         atoms.info["config_type"] = family(atoms)
     table = errors_against_teacher(potential, held_out) if held_out else {}
     if table:
         print(
             f"Student against the teacher on {table['all']['frames']} held-out frames "
-            f"(per config_type family):\n{format_table(table)}",
+            f"(per config_type family; {absurd} above max_force={max_force} eV/Å left out):\n"
+            f"{format_table(table)}",
             flush=True,
         )
     speed = _md_speeds(student, teacher, potential, frames[0])
@@ -155,6 +160,8 @@ def _distill(cfg: DictConfig, run_dir: Path) -> DistillResult:
         "test_fraction": float(cfg.test_fraction),
         "frames": dict(kinds),
         "labels": labels.as_dict(),
+        "max_force_eV_per_A": max_force,
+        "held_out_above_max_force": absurd,
         "errors_vs_teacher": table,
         "error_units": {"energy": "meV/atom", "forces": "meV/Å", "stress": "meV/Å³"},
         "md_speed_s_per_step": speed,
@@ -169,6 +176,15 @@ def _distill(cfg: DictConfig, run_dir: Path) -> DistillResult:
         flush=True,
     )
     return DistillResult(run_dir, model_path, table, labels, speed, report)
+
+
+def within_max_force(frames: Sequence[Atoms], max_force: float | None) -> tuple[list[Atoms], int]:
+    """The labelled ``frames`` with no force component above ``max_force`` eV/Å (all, for None),
+    and how many were left out (labelled before ``max_force`` refused them)."""
+    if max_force is None:
+        return list(frames), 0
+    kept = [a for a in frames if np.abs(a.get_forces()).max(initial=0.0) <= max_force]
+    return kept, len(frames) - len(kept)
 
 
 def build_teacher(node: DictConfig) -> Teacher:

@@ -53,11 +53,20 @@ class Student:
         self.md_speed_steps = int(md_speed_steps)
 
     def train_overrides(
-        self, train: Path, test: Path | None, run_dir: Path, seed: int, progress: bool = True
+        self,
+        train: Path,
+        test: Path | None,
+        run_dir: Path,
+        seed: int,
+        progress: bool = True,
+        max_force: float | None = None,
     ) -> list[str]:
-        """The ``mlip train`` overrides of the student's run (``progress``: its progress bars)."""
+        """The ``mlip train`` overrides of the student's run (``progress``: its progress bars;
+        ``max_force``: ``data.max_force``, eV/Å)."""
         data = ["data=lmdb", f"data.train={_quoted(train)}"]
         data.append(f"data.test={_quoted(test)}" if test is not None else "data.test_fraction=0.0")
+        if max_force is not None:
+            data.append(f"data.max_force={float(max_force)}")
         ours = [*data, f"run_dir={_quoted(run_dir)}", f"seed={seed}"]
         if not progress:
             ours += ["data.progress=false", "trainer.enable_progress_bar=false"]
@@ -68,14 +77,20 @@ class Student:
         return [*ours, *self.overrides]
 
     def train(
-        self, train: Path, test: Path | None, run_dir: Path, seed: int, progress: bool = True
+        self,
+        train: Path,
+        test: Path | None,
+        run_dir: Path,
+        seed: int,
+        progress: bool = True,
+        max_force: float | None = None,
     ) -> Any:
         """Train (or continue training) in ``run_dir``; returns the
         :class:`~mlip.train.runner.TrainResult`."""
         from mlip.train.runner import compose
         from mlip.train.runner import train as run
 
-        overrides = self.train_overrides(train, test, run_dir, seed, progress)
+        overrides = self.train_overrides(train, test, run_dir, seed, progress, max_force)
         return run(compose(overrides), overrides=overrides)
 
 
