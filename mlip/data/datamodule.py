@@ -1,11 +1,6 @@
-"""The Lightning DataModule: data files -> splits -> checks and statistics -> batches.
-
-Two frame sources, one rule for splits, isolated atoms and bad frames (README, "Your own data"):
-in memory (:class:`MemoryGraphs`) or streamed (:class:`FrameIndex` indices into ASE-LMDB files
-or a graph cache). Loaders are map-style, so Lightning's ``DistributedSampler`` shards them under
-DDP. :meth:`DataModule.mix` adds frames that a sampler draws to every training epoch and a second
-validation loader (fine-tuning's replay, :mod:`mlip.train.mixing`).
-"""
+"""The Lightning DataModule: data files -> splits -> checks and statistics -> batches, one rule
+for splits, isolated atoms and bad frames for both frame sources (README, "Your own data").
+Loaders are map-style, so Lightning's ``DistributedSampler`` shards them under DDP."""
 
 from __future__ import annotations
 
@@ -30,6 +25,8 @@ from mlip.errors import DataError
 Paths = str | os.PathLike | Sequence[str | os.PathLike]
 SHOWN = 10
 """Bad frames named in the log and in ``describe()`` (all are counted)."""
+DESCRIBED = ("cutoff", "min_distance", "max_force", "stats_max_frames", "stats_seed", "on_error")
+"""The settings :meth:`DataModule.describe` reports as they are."""
 SKIPPED = "skipped_frames"
 """Batch attribute through which a loader's collate passes the bad frames it dropped."""
 
@@ -282,15 +279,7 @@ class DataModule(pl.LightningDataModule):
         for name in ("val", "test"):  # a fraction splits only where no file is given
             fraction = getattr(self, f"{name}_fraction")
             out[f"{name}_fraction"] = None if self.paths[name] else fraction
-        settings = (
-            "cutoff",
-            "min_distance",
-            "max_force",
-            "stats_max_frames",
-            "stats_seed",
-            "on_error",
-        )
-        out |= {name: getattr(self, name) for name in settings}
+        out |= {name: getattr(self, name) for name in DESCRIBED}
         bad = self.bad.messages[:SHOWN] + list(self.loaded_bad)[:SHOWN]
         out |= {
             "statistics_frames": self.statistics.num_frames,
@@ -385,9 +374,8 @@ class FrameIndex(Dataset):
 
 
 def _as_paths(paths: Paths | None) -> list[str]:
-    return [
-        os.fspath(p) for p in ([paths] if isinstance(paths, str | os.PathLike) else paths or [])
-    ]
+    paths = [paths] if isinstance(paths, str | os.PathLike) else paths or []
+    return [os.fspath(p) for p in paths]
 
 
 __all__ = ["DataModule", "FrameIndex", "MemoryGraphs", "collate"]

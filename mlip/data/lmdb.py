@@ -26,6 +26,7 @@ from mlip.errors import DataError
 GRAPH_FORMAT = "mlip-graph-lmdb"
 GRAPH_VERSION = 1
 METADATA_KEY = b"__metadata__"
+_COMPACT = {"edge_index": torch.int32, "z": torch.uint8}  # their stored dtypes (and see _compact)
 
 REMAP_BYTES = 16 << 20
 """Bytes mapped in (estimated) after which this process's environments are closed and reopened."""
@@ -51,10 +52,9 @@ def read_value(path: str | Path, key: bytes) -> bytes | None:
     name = str(path)
     env = _ENVIRONMENTS.get(name)
     if env is None:
-        env = lmdb.open(
+        env = _ENVIRONMENTS[name] = lmdb.open(
             name, subdir=False, readonly=True, lock=False, readahead=False, meminit=False
         )
-        _ENVIRONMENTS[name] = env
     with env.begin() as txn:
         value = txn.get(key)
     _mapped += _MAPPED_PER_READ + (len(value) if value is not None else 0)
@@ -176,12 +176,9 @@ def _row_ids(file: Path) -> range | np.ndarray:
 
 def _in_range(index: int, length: int, what: str) -> int:
     """``index`` (negative: from the end) checked to be below ``length``."""
-    index = int(index)
-    if index < 0:
-        index += length
-    if not 0 <= index < length:
+    if not -length <= int(index) < length:
         raise IndexError(f"{what} {index} out of range for {length} {what}s")
-    return index
+    return int(index) % length
 
 
 class GraphLMDBDataset(LmdbReader, Dataset):
@@ -306,11 +303,7 @@ def unpack_graph(record: dict[str, Any], dtype: torch.dtype | None = None) -> Da
 
 
 def _compact(name: str, value: torch.Tensor) -> torch.Tensor:
-    if name == "edge_index":
-        return value.to(torch.int32)
-    if name == "z":
-        return value.to(torch.uint8)
     if name == "shifts":
         largest = int(value.abs().max()) if value.numel() else 0
         return value.to(torch.int8 if largest < 128 else torch.int32)
-    return value
+    return value.to(_COMPACT[name]) if name in _COMPACT else value

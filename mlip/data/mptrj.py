@@ -48,10 +48,6 @@ def iter_mptrj(
     if label not in ENERGY_LABELS:
         choices = ", ".join(("energy",) + ENERGY_LABELS)
         raise DataError(f"MPtrj energy label must be one of {choices}; got {energy!r}")
-    return _frames(Path(path), index, label)
-
-
-def _frames(path: Path, index: slice, label: str) -> Iterator[tuple[str, Atoms | DataError]]:
     try:
         with open(path, encoding="utf-8") as handle:
             content = json.load(handle)

@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch_geometric.data import Data
 
 from mlip import keys
 from mlip.data.graph import MAX_Z, edge_lengths, symbol
 from mlip.data.readers import file_graphs
-from mlip.data.records import BadFrames, LabelKeys, OnError
+from mlip.data.records import BadFrames, OnError
 from mlip.errors import DataError
 
 _FORCE_BINS = np.logspace(-6, 4, 1001)  # |F| histogram edges, eV/Å: 1000 bins of 2.3 % width
@@ -210,23 +209,16 @@ class StatisticsPass:
 def scan_files(
     paths: Sequence[str | Path],
     cutoff: float = 5.0,
-    keys: LabelKeys | None = None,
-    required: Sequence[str] = ("energy", "forces"),
-    max_frames: int | None = None,
-    seed: int = 0,
     on_error: OnError = "skip",
-    elements: Sequence[int] | None = None,
     force_threshold: float | None = None,
     min_distance: float | None = None,
-    progress: bool = True,
+    **reading: Any,
 ) -> DatasetStatistics:
-    """:class:`DatasetStatistics` of data files, outliers included (``mlip data stats`` and
-    ``check``; reading and sampling as :func:`~mlip.data.readers.file_graphs`)."""
+    """:class:`DatasetStatistics` of data files, outliers (:class:`StatisticsPass`) included
+    (``mlip data stats`` and ``check``); ``reading``: the options of
+    :func:`~mlip.data.readers.file_graphs` (``keys``, ``required``, ``max_frames``, ...)."""
     bad = BadFrames(on_error)
     accumulator = StatisticsPass(force_threshold, min_distance)
-    graphs = file_graphs(
-        paths, cutoff, keys, required, torch.float64, max_frames, seed, bad, elements, progress
-    )
-    for where, graph in graphs:
+    for where, graph in file_graphs(paths, cutoff, bad=bad, **reading):
         accumulator.add(graph, where)
     return accumulator.result(bad=bad)
