@@ -135,9 +135,15 @@ def _distill(cfg: DictConfig, run_dir: Path) -> DistillResult:
     student: Student = instantiate(cfg.student, _convert_="all")
     test = labels_path(run_dir, "test") if labels.counts.get("test") else None
     result = student.train(
-        labels_path(run_dir, "train"), test, run_dir / "student", cfg.seed, cfg.progress,
-        max_force,
-    )  # fmt: skip
+        student.train_overrides(
+            labels_path(run_dir, "train"),
+            test,
+            run_dir / "student",
+            cfg.seed,
+            cfg.progress,
+            max_force,
+        )
+    )
     potential = load_model(result.model_path)
     held_out, absurd = within_max_force(read_frames(test) if test else [], max_force)
     for atoms in held_out:

@@ -76,21 +76,13 @@ class Student:
             ours.append(f"model={self.model}")
         return [*ours, *self.overrides]
 
-    def train(
-        self,
-        train: Path,
-        test: Path | None,
-        run_dir: Path,
-        seed: int,
-        progress: bool = True,
-        max_force: float | None = None,
-    ) -> Any:
-        """Train (or continue training) in ``run_dir``; returns the
+    def train(self, overrides: Sequence[str]) -> Any:
+        """Train (or continue training) with ``overrides`` (:meth:`train_overrides`); returns the
         :class:`~mlip.train.runner.TrainResult`."""
         from mlip.train.runner import compose
         from mlip.train.runner import train as run
 
-        overrides = self.train_overrides(train, test, run_dir, seed, progress, max_force)
+        overrides = list(overrides)
         return run(compose(overrides), overrides=overrides)
 
 
