@@ -38,11 +38,11 @@ from hydra import initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mlip.data.readers import bar, read_frames
+from mlip.data.readers import bar, records
 from mlip.distill.labels import LabelSummary, label_frames, labels_path
 from mlip.distill.student import Student, errors_against_teacher, md_speed
 from mlip.distill.teacher import Teacher
-from mlip.errors import ConfigError, RunDirectoryError
+from mlip.errors import ConfigError, DataError, RunDirectoryError
 from mlip.export import atomic_write, load_model, save_model
 from mlip.sim.evaluate import format_table
 from mlip.train import CONF_DIR
@@ -145,14 +145,15 @@ def _distill(cfg: DictConfig, run_dir: Path) -> DistillResult:
         )
     )
     potential = load_model(result.model_path)
-    held_out, absurd = within_max_force(read_frames(test) if test else [], max_force)
+    held_out, absurd = held_out_frames(test, max_force) if test else ([], 0)
     for atoms in held_out:
         atoms.info["config_type"] = family(atoms)
     table = errors_against_teacher(potential, held_out) if held_out else {}
     if table:
         print(
             f"Student against the teacher on {table['all']['frames']} held-out frames "
-            f"(per config_type family; {absurd} above max_force={max_force} eV/Å left out):\n"
+            f"(per config_type family; {absurd} with forces above max_force={max_force} eV/Å or "
+            "absurd labels left out):\n"
             f"{format_table(table)}",
             flush=True,
         )
@@ -184,13 +185,20 @@ def _distill(cfg: DictConfig, run_dir: Path) -> DistillResult:
     return DistillResult(run_dir, model_path, table, labels, speed, report)
 
 
-def within_max_force(frames: Sequence[Atoms], max_force: float | None) -> tuple[list[Atoms], int]:
-    """The labelled ``frames`` with no force component above ``max_force`` eV/Å (all, for None),
-    and how many were left out (labelled before ``max_force`` refused them)."""
-    if max_force is None:
-        return list(frames), 0
-    kept = [a for a in frames if np.abs(a.get_forces()).max(initial=0.0) <= max_force]
-    return kept, len(frames) - len(kept)
+def held_out_frames(path: Path, max_force: float | None) -> tuple[list[Atoms], int]:
+    """The held-out frames of ``path`` the student is tested on, and how many were left out: a
+    force component above ``max_force`` eV/Å (labelled before ``max_force`` refused them) or a
+    label the reader refuses as absurd (:func:`mlip.data.readers.records`)."""
+    kept, left_out = [], 0
+    for _, atoms in records(path):
+        absurd = isinstance(atoms, DataError) or (
+            max_force is not None and np.abs(atoms.get_forces()).max() > max_force
+        )
+        if absurd:
+            left_out += 1
+        else:
+            kept.append(atoms)
+    return kept, left_out
 
 
 def build_teacher(node: DictConfig) -> Teacher:
