@@ -70,11 +70,9 @@ class MLIPCalculator(Calculator):
         else:
             from mlip.export import load_model
 
-            if model is None:
-                from mlip.models import default_model_path
-
-                model = default_model_path()
-            potential = load_model(model, device=device, dtype=dtype)
+            potential = load_model(
+                "default" if model is None else model, device=device, dtype=dtype
+            )
             potential.requires_grad_(False)
         if skin < 0:
             raise ValueError(f"skin must be >= 0 Å, got {skin}")

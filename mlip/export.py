@@ -100,8 +100,11 @@ def sha256(path: str | os.PathLike) -> str:
 
 
 def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
-    """The raw contents of a model file, validated; raises :class:`ModelFileError`."""
-    path = Path(path)
+    """The raw contents of a model file (or a bundled model's, by name: ``"default"``, ``"si"``),
+    validated; raises :class:`ModelFileError`."""
+    from mlip.models import model_file
+
+    path = model_file(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
     try:

@@ -29,7 +29,7 @@ from mlip.sim.batch import MLIPTorchSimModel, md_batch, relax_batch  # noqa: E40
 
 
 def silicon_cells(count: int, seed: int = 0, strain: float = 0.02) -> list[Atoms]:
-    """Strained, rattled 8-atom diamond Si cells (the bundled model's element)."""
+    """Strained, rattled 8-atom diamond Si cells (the bundled si model's element)."""
     rng = np.random.default_rng(seed)
     cells = []
     for k in range(count):
@@ -65,7 +65,7 @@ def assert_same_relaxation(batched, alone, energy_tol: float, position_tol: floa
 
 def test_batched_relaxation_gives_the_ase_loops_structures(dtype):
     structures = [*silicon_cells(2, strain=0.01), silicon_cluster()]
-    model = MLIPTorchSimModel("default", device="cpu", dtype=dtype)
+    model = MLIPTorchSimModel("si", device="cpu", dtype=dtype)
     criteria = dict(fmax=0.1, smax_GPa=0.2, steps=200)
     batched = relax_batch(structures, model, **criteria)
     calc = MLIPCalculator(model.potential)
@@ -84,7 +84,7 @@ def test_batched_relaxation_gives_the_ase_loops_structures(dtype):
 
 def test_in_flight_batches_fixed_cells_and_the_step_limit(tmp_path):
     structures = silicon_cells(4, seed=1)
-    model = MLIPTorchSimModel("default", device="cpu")
+    model = MLIPTorchSimModel("si", device="cpu")
     calc = MLIPCalculator(model.potential)
     # 16 atoms: two structures at a time, the others join as those finish
     fixed = relax_batch(structures, model, relax_cell=False, max_atoms=16, steps=300)
@@ -106,7 +106,7 @@ def test_in_flight_batches_fixed_cells_and_the_step_limit(tmp_path):
 def test_a_structure_the_model_cannot_take_is_named():
     crowded = silicon_cells(1)[0]
     crowded.positions[1] = crowded.positions[0] + [0.2, 0.0, 0.0]
-    model = MLIPTorchSimModel("default", device="cpu")
+    model = MLIPTorchSimModel("si", device="cpu")
     with pytest.raises(AtomsTooCloseError, match=r"^b\.cif: atoms 0 \(Si\) and 1 \(Si\)"):
         relax_batch([*silicon_cells(1), crowded], model, names=["a.cif", "b.cif"])
     slab = silicon_cells(1)[0]
@@ -117,7 +117,7 @@ def test_a_structure_the_model_cannot_take_is_named():
 
 def test_batched_md_starts_as_run_md_and_conserves_energy(tmp_path):
     cell = silicon_cells(1)[0]
-    model = MLIPTorchSimModel("default", device="cpu", dtype="float64")
+    model = MLIPTorchSimModel("si", device="cpu", dtype="float64")
     logs = [tmp_path / f"r{k}.log" for k in range(2)]
     trajectories = [tmp_path / f"r{k}.extxyz" for k in range(2)]
     results = md_batch(
@@ -165,7 +165,7 @@ def test_batched_md_starts_as_run_md_and_conserves_energy(tmp_path):
 
 def test_batched_langevin_is_seeded_and_leaves_torchs_generator_alone():
     cell = silicon_cells(1)[0]
-    model = MLIPTorchSimModel("default", device="cpu")
+    model = MLIPTorchSimModel("si", device="cpu")
     torch.manual_seed(123)
     before = torch.get_rng_state()
     runs = [
@@ -188,6 +188,7 @@ def test_mlip_relax_batches_several_files_as_the_ase_path_does(tmp_path, capsys,
     cells[0].write(folder / "si0.cif")
     cells[1].write("si1.extxyz")
     args = [str(folder), "si1.extxyz", "--fmax", "0.1", "--smax", "0.2", "--steps", "200", "-q"]
+    args += ["--model", "si"]
     assert relax_command.main([*args, "-o", "batched"]) == 0
     out = capsys.readouterr().out
     assert "2 structures (16 atoms) together: torch-sim batched FIRE" in out
@@ -206,7 +207,8 @@ def test_mlip_relax_batches_several_files_as_the_ase_path_does(tmp_path, capsys,
 def test_mlip_relax_all_frames_and_the_exit_status(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ase.io.write("frames.extxyz", silicon_cells(3, seed=3))
-    status = relax_command.main(["frames.extxyz", "--all-frames", "--steps", "2", "--traj", "t"])
+    args = ["frames.extxyz", "--model", "si", "--steps", "2"]
+    status = relax_command.main([*args, "--all-frames", "--traj", "t"])
     captured = capsys.readouterr()
     assert status == 1
     errors = captured.err.strip().splitlines()
@@ -218,7 +220,7 @@ def test_mlip_relax_all_frames_and_the_exit_status(tmp_path, capsys, monkeypatch
         f"frames_{k}_relax.extxyz" for k in range(3)
     ]
     # without --all-frames: the last frame only, as before
-    assert relax_command.main(["frames.extxyz", "--steps", "2", "-q"]) == 1
+    assert relax_command.main([*args, "-q"]) == 1
     assert len(ase.io.read("frames_relaxed.extxyz", ":")) == 1
 
 
@@ -232,7 +234,8 @@ def test_without_torch_sim_the_ase_loop_runs_with_a_note(tmp_path, capsys, monke
         "find_spec",
         lambda name, *a: None if name == "torch_sim" else find_spec(name, *a),
     )
-    assert relax_command.main(["si0.extxyz", "si1.extxyz", "--steps", "1", "-q", "-o", "out"]) == 1
+    args = ["si0.extxyz", "si1.extxyz", "--model", "si", "--steps", "1", "-q", "-o", "out"]
+    assert relax_command.main(args) == 1
     captured = capsys.readouterr()
     assert 'batched relaxation needs torch-sim (pip install "mlip[torchsim]")' in captured.err
     assert "together" not in captured.out and captured.out.count("FIRE, cell relaxed") == 2
@@ -241,7 +244,8 @@ def test_without_torch_sim_the_ase_loop_runs_with_a_note(tmp_path, capsys, monke
 def test_mlip_md_replicas_run_together(tmp_path, capsys):
     structure = tmp_path / "si.cif"
     silicon_cells(1)[0].write(structure)
-    args = [str(structure), "--replicas", "2", "--steps", "4", "--interval", "2", "--no-progress"]
+    args = [str(structure), "--model", "si", "--replicas", "2", "--steps", "4", "--interval", "2"]
+    args.append("--no-progress")
     assert md_command.main([*args, "-o", str(tmp_path / "md")]) == 0
     out = capsys.readouterr().out
     assert "2 runs (16 atoms) together: torch-sim Langevin NVT" in out

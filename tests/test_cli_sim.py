@@ -83,11 +83,11 @@ def test_bad_model_file_gives_one_line(command, tmp_path, capsys):
 
 
 def test_missing_default_model_says_what_to_do(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(models, "DEFAULT_MODEL", tmp_path / "default.pt")
+    monkeypatch.setattr(models, "MODELS_DIR", tmp_path)
     structure = tmp_path / "si.extxyz"
     rattled_silicon().write(structure)
     assert cli.main(["relax", str(structure)]) == 1
-    assert "bundled default model" in capsys.readouterr().err
+    assert "bundled model 'default'" in capsys.readouterr().err
 
 
 def test_mlip_md(model_file, tmp_path, capsys):
@@ -152,7 +152,6 @@ def test_mlip_info(model_file, capsys):
     assert info["parameters"] == params and info["elements"] == ["H", "C", "O", "Si"]
 
 
-@pytest.mark.skipif(not models.DEFAULT_MODEL.is_file(), reason="default model not trained yet")
 def test_default_model(capsys):
     assert info_command.main([]) == 0
     assert "Si" in capsys.readouterr().out

@@ -165,3 +165,18 @@ def test_format1_facet_files_load_with_their_energies(name, tmp_path):
         assert np.abs(atoms.get_forces() - forces).max() < 1e-10
         mlip.save_model(potential, tmp_path / "again.pt", potential.metadata)
     assert read_model_file(tmp_path / "again.pt")["format_version"] == FORMAT_VERSION
+
+
+def test_bundled_models_load_by_name_unless_a_file_has_that_name(model_file, tmp_path, monkeypatch):
+    from mlip import models
+
+    assert mlip.load_model("si").elements == ["Si"]
+    assert models.model_file(None) == models.MODELS_DIR / "si.pt"  # until the universal lands
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "si").write_bytes(model_file.read_bytes())  # a user's file called "si"
+    assert mlip.load_model("si").elements == ["H", "C", "O", "Si"]
+    monkeypatch.setattr(models, "MODELS_DIR", tmp_path / "nothing")
+    with pytest.raises(ModelFileError, match=r"bundled model 'default' .* is missing"):
+        mlip.load_model("default")
+    with pytest.raises(ModelFileError, match="no such model file"):
+        mlip.load_model("sí.pt")

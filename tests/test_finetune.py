@@ -283,10 +283,10 @@ def test_freeze_keeps_the_base_rows_and_trains_the_new_ones(base, data, tmp_path
         train(compose(bad), bad)
 
 
-def test_finetune_from_the_bundled_model_with_streamed_data(tmp_path):
+def test_finetune_from_a_bundled_model_with_streamed_data(tmp_path):
     overrides = [
         f"run_dir={tmp_path / 'run'}",
-        "finetune_from=default",
+        "finetune_from=si",
         "data=lmdb",
         f"data.train={SI_LMDB}",
         "trainer.max_epochs=1",
@@ -296,7 +296,7 @@ def test_finetune_from_the_bundled_model_with_streamed_data(tmp_path):
     result = train(compose(overrides), overrides)
     tuned = mlip.load_model(result.model_path)
     assert result.datamodule.stream and tuned.elements == ["Si"]
-    assert tuned.metadata["finetune"]["base_model"].endswith("default.pt")
+    assert tuned.metadata["finetune"]["base_model"].endswith("si.pt")
     text = _info(tuned_path := result.model_path)
     assert "fine-tuned" in text and f"from {tuned.metadata['finetune']['base_model']}" in text
     assert str(tuned_path) in text

@@ -16,8 +16,8 @@ from ase import Atoms
 from ase.build import bulk, molecule
 
 import mlip
+import mlip.models
 from mlip.data import atoms_to_batch
-from mlip.models import default_model_path
 from mlip.nn.config import default_dtype
 
 from .conftest import make_model
@@ -117,17 +117,37 @@ def test_the_probe_catches_a_norm_that_divides_vanishing_features_by_their_own_r
     assert np.abs(ks[0]) > 10 * STIFFEST and np.abs(ks[0]) > 10 * np.abs(ks[2])
 
 
-def test_bundled_model_is_smooth_at_silicon_lattices():
-    """The bundled model (trained, float32 as shipped and float64) at every common Si lattice."""
-    lattices = {
-        "diamond": bulk("Si", "diamond", a=5.45, cubic=True),
-        "fcc": bulk("Si", "fcc", a=3.85, cubic=True),
-        "bcc": bulk("Si", "bcc", a=3.08, cubic=True),
-        "simple cubic": bulk("Si", "sc", a=2.53) * (2, 2, 2),
-        "hcp": bulk("Si", "hcp", a=2.72, c=4.44),
-    }
+SILICON_LATTICES = {
+    "Si diamond": bulk("Si", "diamond", a=5.45, cubic=True),
+    "Si fcc": bulk("Si", "fcc", a=3.85, cubic=True),
+    "Si bcc": bulk("Si", "bcc", a=3.08, cubic=True),
+    "Si simple cubic": bulk("Si", "sc", a=2.53) * (2, 2, 2),
+    "Si hcp": bulk("Si", "hcp", a=2.72, c=4.44),
+}
+
+
+UNIVERSAL_FILE = mlip.models.MODELS_DIR / "universal.pt"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "si",
+        pytest.param(
+            "universal",
+            marks=pytest.mark.skipif(
+                not UNIVERSAL_FILE.is_file(), reason="the universal model is not bundled yet"
+            ),
+        ),
+    ],
+)
+def test_bundled_models_are_smooth_at_perfect_crystals(name):
+    """Each bundled model (trained, float32 as shipped and float64): the Si model at every common
+    Si lattice, the universal one at crystals of several chemistries and at methane."""
+    zincblende = {"GaAs zincblende": bulk("GaAs", "zincblende", a=5.65, cubic=True)}
+    structures = SILICON_LATTICES if name == "si" else {**reference_structures(), **zincblende}
     for dtype in (torch.float64, torch.float32):
-        potential = mlip.load_model(default_model_path(), dtype=dtype)
-        for name, atoms in lattices.items():
+        potential = mlip.load_model(name, dtype=dtype)
+        for label, atoms in structures.items():
             ks = force_constants(potential, atoms, dtype)
-            assert_linear(ks, dtype, f"bundled model, Si {name}, {dtype}", rtol=0.05)
+            assert_linear(ks, dtype, f"bundled model {name}, {label}, {dtype}", rtol=0.05)

@@ -119,11 +119,11 @@ def test_model_file_and_default_model_load(model_file):
     assert abs(out["energy"].item() - energy) < 1e-6
     assert np.abs(out["forces"].numpy() - forces).max() < 1e-6
 
-    default = MLIPTorchSimModel("default", device="cpu")
-    assert default.elements == ["Si"]
-    out = default(state.to(dtype=default.dtype))
-    assert out["energy"].dtype == default.dtype
-    energy, _, _ = calculator_results(MLIPCalculator(None), silicon)
+    bundled = MLIPTorchSimModel("si", device="cpu")
+    assert bundled.elements == ["Si"]
+    out = bundled(state.to(dtype=bundled.dtype))
+    assert out["energy"].dtype == bundled.dtype
+    energy, _, _ = calculator_results(MLIPCalculator("si"), silicon)
     assert abs(out["energy"].item() - energy) < 1e-4 * len(silicon)  # float32
 
     with pytest.raises(TypeError, match="model file, 'default' or an mlip.Potential"):

@@ -54,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
     from mlip.data.readers import read_frames
     from mlip.data.records import LabelKeys
     from mlip.export import load_model
-    from mlip.models import default_model_path
+    from mlip.models import model_file
     from mlip.sim.evaluate import (
         check_elements,
         check_labelled,
@@ -73,7 +73,7 @@ def _run(args: argparse.Namespace) -> int:
         writable_file(args.json, "--json")
     if not args.no_plots:
         writable_dir(args.plots, "--plots")
-    model_path = Path(args.model) if args.model else default_model_path()
+    model_path = model_file(args.model)
     potential = load_model(model_path, device=args.device, dtype=args.dtype)
     potential.requires_grad_(False)
     label_keys = LabelKeys(

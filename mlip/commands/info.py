@@ -62,9 +62,9 @@ def describe(path: Path) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mlip.models import default_model_path
+    from mlip.models import model_file
 
-    path = Path(args.model) if args.model else default_model_path()
+    path = model_file(args.model)
     info = describe(path)
     if args.json:
         print(json.dumps(info, indent=2, ensure_ascii=False, default=str))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ase.calculators.calculator import Calculator
@@ -56,12 +55,9 @@ def from_model_file(
     :class:`~mlip.calculator.MLIPCalculator`; its licence is the one its metadata states
     (``metadata["licence"]``, or for a distilled model its own teacher's), else unknown."""
     from mlip.calculator import MLIPCalculator
+    from mlip.models import model_file
 
-    if os.fspath(path) == "default":
-        from mlip.models import default_model_path
-
-        path = default_model_path()
-    path = Path(path)
+    path = model_file(path)
     calculator = MLIPCalculator(path, device=device, dtype=dtype)
     metadata = calculator.potential.metadata or {}
     inherited = (metadata.get("distill") or {}).get("teacher") or {}

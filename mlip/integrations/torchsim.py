@@ -248,11 +248,7 @@ def _load_potential(
         )
     from mlip.export import load_model
 
-    if model is None or model == "default":
-        from mlip.models import default_model_path
-
-        model = default_model_path()
-    potential = load_model(model, device=device, dtype=dtype)
+    potential = load_model("default" if model is None else model, device=device, dtype=dtype)
     potential.requires_grad_(False)
     return potential
 

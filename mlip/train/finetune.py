@@ -104,12 +104,10 @@ class FineTune:
 
 
 def base_model_file(value: str | os.PathLike) -> Path:
-    """The file ``finetune_from`` names (``"default"``: the bundled model)."""
-    if str(value) == "default":
-        from mlip.models import default_model_path
+    """The file ``finetune_from`` names (a bundled model's name, e.g. ``"default"``, or a path)."""
+    from mlip.models import model_file
 
-        return default_model_path()
-    return Path(value)
+    return model_file(value)
 
 
 def prepare(cfg: DictConfig, overrides: Sequence[str]) -> tuple[Path, Potential]:
