@@ -123,7 +123,7 @@ def install(model: Path, name: str) -> dict:
         metadata.get("config", {}).pop(key, None)
     distilled = metadata.get("distill", {})
     distilled.pop("student_run", None)
-    if distilled:
+    if name == "universal":
         made = (
             "mlip distill from SevenNet-0 (settings: metadata.distill; training: metadata.config)"
         )
