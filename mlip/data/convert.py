@@ -43,10 +43,8 @@ def convert(
     partial.unlink(missing_ok=True)
     try:
         with _FrameWriter(partial, target.suffix) as writer:
-            for where, atoms in bar(records(source, keys=keys, required=()), progress, source.name):
-                if isinstance(atoms, DataError):
-                    bad.add(atoms)
-                    continue
+            frames = bar(records(source, keys=keys, required=()), progress, source.name)
+            for where, atoms in bad.sift(frames):
                 try:
                     writer.write(atoms)
                 except Exception as err:

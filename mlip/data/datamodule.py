@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from torch_geometric.data import Batch, Data
 
-from mlip.data.graph import MIN_DISTANCE, allowed_elements, check_graph
+from mlip.data.graph import MIN_DISTANCE, check_graph
 from mlip.data.readers import dataset_graphs, file_graphs, open_indexed
 from mlip.data.records import BadFrames, LabelKeys, OnError
 from mlip.data.stats import DatasetStatistics, StatisticsPass, is_isolated
@@ -79,14 +79,15 @@ class DataModule(pl.LightningDataModule):
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError("val_fraction + test_fraction must be below 1")
-        if self.stats_max_frames is not None and self.stats_max_frames < 1:
-            raise ValueError(
-                f"stats_max_frames must be None or positive, got {self.stats_max_frames}"
-            )
+        if (most := self.stats_max_frames) is not None and most < 1:
+            raise ValueError(f"stats_max_frames must be None or positive, got {most}")
         if self.stream and self.index != ":":
             raise ValueError(f"index={self.index!r} selects frames read into memory (stream=false)")
-        names = ("train", "val", "test", "isolated_atoms")
-        self.paths = {name: _as_paths(getattr(self, name)) for name in names}
+        self.paths: dict[str, list[str]] = {}
+        for name in ("train", "val", "test", "isolated_atoms"):
+            paths = getattr(self, name)
+            paths = [paths] if isinstance(paths, str | os.PathLike) else paths or []
+            self.paths[name] = [os.fspath(p) for p in paths]
         if self.species is not None:
             self.species = sorted({int(z) for z in self.species})
         self.label_keys = self.label_keys or LabelKeys()
@@ -355,13 +356,12 @@ class FrameIndex(Dataset):
         index = int(self.indices[i])
         try:
             graph = self.source[index]
-            if not self.checked:
-                allowed = allowed_elements(self.species)
-                problem = check_graph(
-                    graph, allowed, self.required, self.species, self.min_distance, self.max_force
-                )
-                if problem:
-                    raise DataError(f"{self.source.describe(index)}: {problem}")
+            species, required = self.species, self.required
+            problem = not self.checked and check_graph(
+                graph, species, required, species, self.min_distance, self.max_force
+            )
+            if problem:
+                raise DataError(f"{self.source.describe(index)}: {problem}")
         except DataError as err:
             if self.on_error == "raise":
                 raise
@@ -371,11 +371,6 @@ class FrameIndex(Dataset):
     def describe(self, i: int) -> str:
         """Where the ``i``-th frame of the split comes from (``"file, frame k"``)."""
         return self.source.describe(int(self.indices[i]))
-
-
-def _as_paths(paths: Paths | None) -> list[str]:
-    paths = [paths] if isinstance(paths, str | os.PathLike) else paths or []
-    return [os.fspath(p) for p in paths]
 
 
 __all__ = ["DataModule", "FrameIndex", "MemoryGraphs", "collate"]

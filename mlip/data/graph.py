@@ -214,7 +214,7 @@ def atoms_to_batch(
 
 def check_graph(
     graph: Data,
-    allowed: np.ndarray,
+    allowed: Sequence[int] | None = None,
     required: Sequence[str] = (),
     species: Sequence[int] | None = None,
     min_distance: float = 0.0,
@@ -222,7 +222,7 @@ def check_graph(
 ) -> str | None:
     """What makes ``graph`` unfit for training, or None: no atoms, a NaN, atoms closer than
     ``min_distance`` Å, a ``required`` label missing, a force component above ``max_force`` eV/Å
-    (an absurd label), or an element outside ``allowed``."""
+    (an absurd label), or an element outside ``allowed`` (atomic numbers; None: any real element)."""
     if graph.num_nodes == 0:
         return "frame has no atoms"
     if not (torch.isfinite(graph.pos).all() and torch.isfinite(graph.cell).all()):
@@ -243,22 +243,15 @@ def check_graph(
         if largest > max_force:
             return f"a force of {largest:.4g} eV/Å, above data.max_force={max_force:g}"
     numbers = graph.z.numpy()
-    known = (numbers >= 0) & (numbers <= MAX_Z)
-    known[known] = allowed[numbers[known]]
+    known = (numbers >= 1) & (numbers <= MAX_Z)
+    if allowed is not None:
+        known &= np.isin(numbers, list(allowed))
     if known.all():
         return None
     names = ", ".join(sorted({symbol(int(z)) for z in numbers[~known]}))
     if species is None:
         return f"unknown element(s) {names}"
     return f"element(s) {names} not among the species ({', '.join(map(symbol, species))})"
-
-
-def allowed_elements(elements: Sequence[int] | None) -> np.ndarray:
-    """Mask over atomic numbers 0..118: ``elements``, or every real element."""
-    allowed = np.zeros(MAX_Z + 1, dtype=bool)
-    allowed[sorted(int(z) for z in elements) if elements is not None else slice(1, None)] = True
-    allowed[0] = False
-    return allowed
 
 
 def symbol(z: int) -> str:

@@ -26,7 +26,7 @@ from torch_geometric.data import Data
 from tqdm import tqdm
 
 from mlip.data.extxyz import MalformedFrame, frame_texts
-from mlip.data.graph import allowed_elements, atoms_to_graph, check_graph
+from mlip.data.graph import atoms_to_graph, check_graph
 from mlip.data.lmdb import AseLmdbRows, GraphLMDBDataset, row_atoms
 from mlip.data.mptrj import is_mptrj, iter_mptrj
 from mlip.data.records import LABELS, BadFrames, LabelKeys, labelled
@@ -76,12 +76,7 @@ def records(
 def read_frames(path: str | Path, index: Index = ":", **options: Any) -> list[Atoms]:
     """The frames of :func:`records` (``options``: ``keys``, ``required``) as a list, raising the
     first bad one's :class:`DataError`."""
-    frames = []
-    for _, atoms in records(path, index, **options):
-        if isinstance(atoms, DataError):
-            raise atoms
-        frames.append(atoms)
-    return frames
+    return [atoms for _, atoms in BadFrames().sift(records(path, index, **options))]
 
 
 class LMDBDataset(AseLmdbRows, Dataset):
@@ -156,10 +151,9 @@ def file_graphs(
     (``max_frames`` per path) a seeded sample, by index where files are indexed; a bad frame
     (unreadable, no graph, an element outside ``elements``) is raised or counted in ``bad``."""
     bad = bad if bad is not None else BadFrames()
-    allowed = allowed_elements(elements)
 
     def fit(where: str, graph: Data) -> bool:
-        problem = check_graph(graph, allowed)
+        problem = check_graph(graph, elements)
         if problem:
             bad.add(DataError(f"{where}: {problem}"))
         return not problem
@@ -175,8 +169,7 @@ def file_graphs(
                 graphs = dataset_graphs(dataset, max_frames, seed, bad, progress, path.name)
                 yield from ((w, g) for _, w, g in graphs if fit(w, g))
             continue
-        frames = bar(records(path, index, keys, required), progress, path.name)
-        good = ((where, atoms) for where, atoms in frames if _good(atoms, bad))
+        good = bad.sift(bar(records(path, index, keys, required), progress, path.name))
         if max_frames is not None:
             good = _reservoir(good, max_frames, seed)
         for where, atoms in good:
@@ -231,14 +224,6 @@ def bar(iterable: Iterable, progress: bool, desc: str, total: int | None = None)
         iterable, desc=desc, total=total, unit="frame", disable=None if progress else True,
         file=sys.stderr, mininterval=0.5, dynamic_ncols=True, leave=False,
     )  # fmt: skip
-
-
-def _good(atoms: Any, bad: BadFrames) -> bool:
-    """Whether a record holds atoms; an error goes to ``bad`` (or is raised)."""
-    if isinstance(atoms, DataError):
-        bad.add(atoms)
-        return False
-    return True
 
 
 def _reservoir(items: Iterable[Any], size: int, seed: int) -> list[Any]:
@@ -328,12 +313,10 @@ def _file_frames(path: Path, index: slice) -> Iterator[Record]:
             atoms = next(frames)
         except StopIteration:
             return
-        except Exception as err:
-            if not k:  # the first frame read: the failing one is not known
-                yield str(path), UnreadableRest(f"{path}: cannot parse: {one_line(err)}")
-                return
-            message = f"{path}, frame {number}: cannot parse: {one_line(err)}"
-            yield str(path), UnreadableRest(f"{message} (frames {number}.. not read)")
+        except Exception as err:  # the first frame read (k = 0) names no frame: which is not known
+            where = f"{path}, frame {number}" if k else str(path)
+            rest = f" (frames {number}.. not read)" if k else ""
+            yield str(path), UnreadableRest(f"{where}: cannot parse: {one_line(err)}{rest}")
             return
         yield f"{path}, frame {number}", atoms
 

@@ -4,6 +4,7 @@ labels found, checked and made canonical (:func:`labelled`), and the bad-frame p
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -50,6 +51,14 @@ class BadFrames:
             self.messages.append(str(error))
         if index is not None:
             self.indices.append(int(index))
+
+    def sift(self, records: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+        """The ``(where, item)`` records whose item is not an error; each error is :meth:`add`-ed."""
+        for where, item in records:
+            if isinstance(item, Exception):
+                self.add(item)
+            else:
+                yield where, item
 
 
 @dataclass(frozen=True)

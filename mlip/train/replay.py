@@ -30,7 +30,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from mlip import keys
 from mlip.calculator import MLIPCalculator
 from mlip.data.datamodule import MemoryGraphs
-from mlip.data.graph import MIN_DISTANCE, allowed_elements, check_graph
+from mlip.data.graph import MIN_DISTANCE, check_graph
 from mlip.data.readers import bar, file_graphs, records
 from mlip.data.records import LabelKeys
 from mlip.distill.labels import LabelError, teacher_labels
@@ -88,11 +88,10 @@ def replay_set(
         raise ValueError(f"replay val_fraction must be in [0, 1), got {val_fraction}")
     files = [os.fspath(p) for p in ([paths] if isinstance(paths, str | os.PathLike) else paths)]
     species = sorted({int(z) for z in species})
-    allowed = allowed_elements(species)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     frames = []
     for where, graph in file_graphs(files, cutoff, label_keys, required, dtype, progress=progress):
-        problem = check_graph(graph, allowed, required, species, min_distance)
+        problem = check_graph(graph, species, required, species, min_distance)
         if problem:
             raise DataError(f"{where}: {problem}")
         graph[keys.WEIGHT] = graph[keys.WEIGHT] * weight
