@@ -124,7 +124,7 @@ class DataModule(pl.LightningDataModule):
             self.splits[name], order = self._index(train, np.sort(order[:n])), order[n:]
         if not len(order):
             raise DataError(f"{self._names('train')}: no frames left for training after the split")
-        self.splits["train"] = self._index(train, np.sort(order), self.species)
+        self.splits["train"] = self._index(train, np.sort(order))
 
         accumulator = self._pass("train", self.stats_max_frames)
         isolated = self._isolated_energies() | accumulator.isolated  # the training frames' win
@@ -168,11 +168,9 @@ class DataModule(pl.LightningDataModule):
         )  # fmt: skip
         return MemoryGraphs(graphs)
 
-    def _index(
-        self, source: Dataset, indices: np.ndarray, species: Sequence[int] | None = None
-    ) -> FrameIndex:
+    def _index(self, source: Dataset, indices: np.ndarray) -> FrameIndex:
         return FrameIndex(
-            source, indices, species, self.required, self.on_error, self.min_distance,
+            source, indices, self.species, self.required, self.on_error, self.min_distance,
             self.max_force,
         )  # fmt: skip
 

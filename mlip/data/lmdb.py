@@ -26,7 +26,7 @@ from mlip.errors import DataError
 GRAPH_FORMAT = "mlip-graph-lmdb"
 GRAPH_VERSION = 1
 METADATA_KEY = b"__metadata__"
-_COMPACT = {"edge_index": torch.int32, "z": torch.uint8}  # their stored dtypes (and see _compact)
+_COMPACT = {"edge_index": torch.int32, "z": torch.uint8, "shifts": torch.int32}  # stored dtypes
 
 REMAP_BYTES = 16 << 20
 """Bytes mapped in (estimated) after which this process's environments are closed and reopened."""
@@ -137,17 +137,15 @@ class AseLmdbRows(LmdbReader):
         row_id = int(self._ids[k][position])
         try:
             raw = read_value(self._resolved[k], str(row_id).encode("ascii"))
-            if raw is None:
-                raise DataError(f"{self.describe(index)}: row id {row_id} missing")
-            dct = decode_bytestream(raw, decompress=True, json_decode=True)
-            for key in all_properties:  # as ASE's LMDBDatabase reads a row
-                if isinstance(dct.get(key), list):
-                    dct[key] = np.array(dct[key])
-            return row_atoms(AtomsRow({**dct, "id": row_id}))
-        except DataError:
-            raise
+            if raw is not None:
+                dct = decode_bytestream(raw, decompress=True, json_decode=True)
+                for key in all_properties:  # as ASE's LMDBDatabase reads a row
+                    if isinstance(dct.get(key), list):
+                        dct[key] = np.array(dct[key])
+                return row_atoms(AtomsRow({**dct, "id": row_id}))
         except Exception as err:  # lmdb, zlib, JSON and ASE errors of a corrupt row
             raise DataError(f"{self.describe(index)}: cannot read row {row_id}: {err!r}") from err
+        raise DataError(f"{self.describe(index)}: row id {row_id} missing")
 
 
 def row_atoms(row: AtomsRow) -> Atoms:
@@ -199,15 +197,12 @@ class GraphLMDBDataset(LmdbReader, Dataset):
             self.close()
         if self.metadata.get("format") != GRAPH_FORMAT:
             raise DataError(f"{self.path}: not an mlip graph cache (no {GRAPH_FORMAT} metadata)")
-        if self.metadata.get("version") != GRAPH_VERSION:
-            version = self.metadata.get("version")
+        if (version := self.metadata.get("version")) != GRAPH_VERSION:
             raise DataError(f"{self.path}: graph cache version {version}, expected {GRAPH_VERSION}")
-        self.cutoff = float(self.metadata["cutoff"])
-        self.dtype = dtype
-        self._length = int(self.metadata["num_graphs"])
+        self.cutoff, self.dtype = float(self.metadata["cutoff"]), dtype
 
     def __len__(self) -> int:
-        return self._length
+        return int(self.metadata["num_graphs"])
 
     def __getitem__(self, index: int) -> Data:
         return unpack_graph(self._record(index), self.dtype)
@@ -276,16 +271,12 @@ def pack_graph(graph: Data, source: str) -> dict[str, Any]:
     for name, value in graph.items():
         if not torch.is_tensor(value):
             continue
-        stored = _compact(name, value)
+        small = name == "shifts" and (not value.numel() or int(value.abs().max()) < 128)
+        stored = value.to(torch.int8 if small else _COMPACT[name]) if name in _COMPACT else value
         groups.setdefault(str(stored.dtype), []).append(stored.reshape(-1))
         layout.append((name, str(value.dtype), tuple(value.shape), str(stored.dtype)))
     tensors = {dtype: torch.cat(parts) for dtype, parts in groups.items()}
-    return {
-        "num_nodes": int(graph.num_nodes),
-        "layout": layout,
-        "tensors": tensors,
-        "source": source,
-    }
+    return dict(num_nodes=int(graph.num_nodes), layout=layout, tensors=tensors, source=source)
 
 
 def unpack_graph(record: dict[str, Any], dtype: torch.dtype | None = None) -> Data:
@@ -300,10 +291,3 @@ def unpack_graph(record: dict[str, Any], dtype: torch.dtype | None = None) -> Da
             target = dtype
         fields[name] = record["tensors"][stored][start : start + size].reshape(shape).to(target)
     return Data(**fields, num_nodes=record["num_nodes"])
-
-
-def _compact(name: str, value: torch.Tensor) -> torch.Tensor:
-    if name == "shifts":
-        largest = int(value.abs().max()) if value.numel() else 0
-        return value.to(torch.int8 if largest < 128 else torch.int32)
-    return value.to(_COMPACT[name]) if name in _COMPACT else value
