@@ -42,26 +42,21 @@ _mapped = 0  # estimated bytes mapped in since the environments were last closed
 def read_value(path: str | Path, key: bytes) -> bytes | None:
     """The value under ``key`` in the LMDB file ``path`` (None if absent), read-only, through one
     environment per process and (resolved) path; a forked child opens its own. Pages read stay
-    resident until unmapped, so all are closed (~0.2 ms to reopen) every :data:`REMAP_BYTES`."""
+    resident until unmapped, so all are closed (~0.2 ms to reopen) after :data:`REMAP_BYTES`."""
     global _ENVIRONMENTS_PID, _mapped
-    if os.getpid() != _ENVIRONMENTS_PID:
-        for inherited in _ENVIRONMENTS.values():
-            inherited.close()  # unmaps this process's copy only
+    if os.getpid() != _ENVIRONMENTS_PID or _mapped > REMAP_BYTES:
+        for env in _ENVIRONMENTS.values():
+            env.close()  # in a forked child: unmaps this process's copy only
         _ENVIRONMENTS.clear()
         _ENVIRONMENTS_PID, _mapped = os.getpid(), 0
     name = str(path)
-    env = _ENVIRONMENTS.get(name)
-    if env is None:
+    if (env := _ENVIRONMENTS.get(name)) is None:
         env = _ENVIRONMENTS[name] = lmdb.open(
             name, subdir=False, readonly=True, lock=False, readahead=False, meminit=False
         )
     with env.begin() as txn:
         value = txn.get(key)
     _mapped += _MAPPED_PER_READ + (len(value) if value is not None else 0)
-    if _mapped > REMAP_BYTES:
-        for opened in list(_ENVIRONMENTS):
-            close_environment(opened)
-        _mapped = 0
     return value
 
 
