@@ -107,14 +107,13 @@ class _FrameWriter:
     def write(self, atoms: Atoms) -> None:
         if self.handle is not None:
             ase.io.write(self.handle, atoms, format="extxyz")
-            self.count += 1
-            return
-        data = {key: _plain(value) for key, value in atoms.info.items()}
-        extra = set(atoms.arrays) - {"numbers", "positions"}
-        data.update({name: atoms.arrays[name] for name in sorted(extra)})
-        self.db.write(atoms, data=data)
+        else:
+            data = {key: _plain(value) for key, value in atoms.info.items()}
+            extra = set(atoms.arrays) - {"numbers", "positions"}
+            data.update({name: atoms.arrays[name] for name in sorted(extra)})
+            self.db.write(atoms, data=data)
         self.count += 1
-        if self.count % self.chunk == 0:  # commit (ASE-LMDB also closes) and go on
+        if self.db is not None and self.count % self.chunk == 0:  # commit (ASE-LMDB also closes)
             self.db.__exit__(None, None, None)
             self.db = self._connect()
 

@@ -8,6 +8,7 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -17,7 +18,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from torch_geometric.data import Batch, Data
 
 from mlip.data.graph import MIN_DISTANCE, check_graph
-from mlip.data.readers import dataset_graphs, file_graphs, open_indexed
+from mlip.data.lmdb import GraphLMDBDataset
+from mlip.data.readers import GRAPH_CACHE_SUFFIX, LMDBDataset, dataset_graphs, file_graphs
 from mlip.data.records import BadFrames, LabelKeys, OnError
 from mlip.data.stats import DatasetStatistics, StatisticsPass, is_isolated
 from mlip.errors import DataError
@@ -158,15 +160,35 @@ class DataModule(pl.LightningDataModule):
                 split.source.close()
 
     def _open(self, name: str) -> Dataset:
-        """The frame source of split ``name``: its graphs in memory, or an indexed dataset."""
-        paths = self.paths[name]
-        if self.stream:
-            return open_indexed(paths, self.cutoff, self.label_keys, self.dtype, self.required)
-        graphs = file_graphs(
-            paths, self.cutoff, self.label_keys, self.required, self.dtype, bad=self.bad,
-            progress=self.progress, index=self.index,
-        )  # fmt: skip
-        return MemoryGraphs(graphs)
+        """The frame source of split ``name``: its graphs in memory, or (``stream``) ASE-LMDB files
+        and folders, or one graph cache (``.lmdb``) built with the same ``cutoff``, by index."""
+        paths, cutoff, keys = self.paths[name], self.cutoff, self.label_keys
+        if not self.stream:
+            graphs = file_graphs(
+                paths, cutoff, keys, self.required, self.dtype, bad=self.bad,
+                progress=self.progress, index=self.index,
+            )  # fmt: skip
+            return MemoryGraphs(graphs)
+        paths = [Path(p) for p in paths]
+        for path in paths:
+            if not path.is_dir() and path.suffix not in (".aselmdb", GRAPH_CACHE_SUFFIX):
+                raise DataError(
+                    f"{path}: streamed data (stream: true) is .aselmdb files, folders of them or a "
+                    "graph cache (.lmdb); convert it with `mlip data convert`, or read it into "
+                    "memory (stream: false)"
+                )
+        if not any(p.suffix == GRAPH_CACHE_SUFFIX for p in paths):
+            return LMDBDataset(paths, cutoff, keys, self.dtype, self.required)
+        if len(paths) > 1:
+            names = ", ".join(map(str, paths))
+            raise DataError(f"{names}: a graph cache ({GRAPH_CACHE_SUFFIX}) comes alone")
+        dataset = GraphLMDBDataset(paths[0], self.dtype)
+        if abs(dataset.cutoff - cutoff) > 1e-9:
+            raise DataError(
+                f"{paths[0]}: graph cache built with cutoff {dataset.cutoff} Å, this run uses "
+                f"{cutoff} Å (rebuild it with `mlip data preprocess --cutoff {cutoff}`)"
+            )
+        return dataset
 
     def _index(self, source: Dataset, indices: np.ndarray) -> FrameIndex:
         return FrameIndex(

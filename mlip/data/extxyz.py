@@ -23,7 +23,7 @@ def frame_texts(path: Path) -> Iterator[tuple[int, str | MalformedFrame]]:
     lines of 4+ fields, ``VEC`` lines), or ``(frame, MalformedFrame)``; after a bad frame reading
     resumes at the next well-formed one. A line that is not UTF-8 ends the file."""
     with open(path, encoding="utf-8") as file:
-        ahead, frame = _Ahead(file), 0
+        ahead, frame, lost = _Ahead(file), 0, False  # lost: after a bad frame, until a good one
         try:
             while (line := ahead.peek(0)) is not None:
                 if not line.strip():
@@ -32,12 +32,14 @@ def frame_texts(path: Path) -> Iterator[tuple[int, str | MalformedFrame]]:
                 try:
                     text = ahead.take(_frame_lines(ahead))
                 except MalformedFrame as err:
-                    yield frame, err
-                    ahead.take(err.lines)
-                    _resync(ahead)
-                else:
-                    yield frame, text
-                frame += 1
+                    if not lost:  # lost, a line that starts no frame is taken alone
+                        yield frame, err
+                    ahead.take(1 if lost else err.lines)
+                    lost = True
+                    continue
+                frame += lost  # the bad frame's number was taken once reading resumed
+                yield frame, text
+                frame, lost = frame + 1, False
         except UnicodeDecodeError as err:
             message = f"not UTF-8 text ({err}) (frames {frame}.. not read)"
             yield frame, MalformedFrame(message, ends_file=True)
@@ -88,19 +90,6 @@ def _frame_lines(ahead: _Ahead) -> int:
     if after is not None and _atom_count(after) is None and len(after.split()) >= 4:
         raise MalformedFrame(f"{says}, but more atom lines follow (line {line + n})", lines=n)
     return n
-
-
-def _resync(ahead: _Ahead) -> None:
-    """Take lines up to the start of the next well-formed frame (or the end of the file); a count
-    line that starts no frame (e.g. a comment that is a number) is taken alone."""
-    while (line := ahead.peek(0)) is not None:
-        if _atom_count(line) is not None:
-            try:
-                _frame_lines(ahead)
-                return
-            except MalformedFrame:
-                pass
-        ahead.take(1)
 
 
 def _atom_count(line: str | None) -> int | None:

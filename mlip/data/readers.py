@@ -103,37 +103,6 @@ class LMDBDataset(AseLmdbRows, Dataset):
         return frame_graph(self.frame(index), self.describe(index), self.cutoff, self.dtype)
 
 
-def open_indexed(
-    paths: Sequence[str | Path],
-    cutoff: float,
-    keys: LabelKeys | None = None,
-    dtype: torch.dtype | None = None,
-    required: Sequence[str] = ("energy", "forces"),
-) -> LMDBDataset | GraphLMDBDataset:
-    """The indexed graphs of ``paths``: ASE-LMDB files and folders, or one graph cache
-    (``.lmdb``) built with the same ``cutoff``."""
-    paths = [Path(p) for p in paths]
-    for path in paths:
-        if not path.is_dir() and path.suffix not in (".aselmdb", GRAPH_CACHE_SUFFIX):
-            raise DataError(
-                f"{path}: streamed data (stream: true) is .aselmdb files, folders of them or a "
-                "graph cache (.lmdb); convert it with `mlip data convert`, or read it into memory "
-                "(stream: false)"
-            )
-    if not any(p.suffix == GRAPH_CACHE_SUFFIX for p in paths):
-        return LMDBDataset(paths, cutoff, keys, dtype, required)
-    if len(paths) > 1:
-        names = ", ".join(map(str, paths))
-        raise DataError(f"{names}: a graph cache ({GRAPH_CACHE_SUFFIX}) comes alone")
-    dataset = GraphLMDBDataset(paths[0], dtype)
-    if abs(dataset.cutoff - cutoff) > 1e-9:
-        raise DataError(
-            f"{paths[0]}: graph cache built with cutoff {dataset.cutoff} Å, this run uses "
-            f"{cutoff} Å (rebuild it with `mlip data preprocess --cutoff {cutoff}`)"
-        )
-    return dataset
-
-
 def file_graphs(
     paths: Sequence[str | Path],
     cutoff: float,
