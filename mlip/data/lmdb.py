@@ -146,8 +146,7 @@ class AseLmdbRows(LmdbReader):
 def row_atoms(row: AtomsRow) -> Atoms:
     """An ASE database row as ``ase.Atoms``, its ``key_value_pairs`` and ``data`` in ``info``."""
     atoms = row.toatoms()
-    atoms.info.update(row.key_value_pairs)
-    atoms.info.update(row.data)
+    atoms.info |= {**row.key_value_pairs, **row.data}
     return atoms
 
 

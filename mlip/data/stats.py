@@ -173,8 +173,7 @@ class StatisticsPass:
         """The statistics so far for the model's ``species`` (default: those seen), with more
         ``isolated``-atom energies (eV; the frames' own win) and the ``bad`` frames of the pass."""
         stats = self.stats
-        present = np.flatnonzero(self.counts)
-        stats.element_counts = {int(z): int(self.counts[z]) for z in present}
+        stats.element_counts = {int(z): int(self.counts[z]) for z in np.flatnonzero(self.counts)}
         fixed = {int(z): float(e) for z, e in (isolated or {}).items()} | self.isolated
         seen = set(stats.element_counts) | set(fixed)
         stats.species = sorted(seen if species is None else {int(z) for z in species})
@@ -197,8 +196,7 @@ class StatisticsPass:
                 edge = _FORCE_BINS[min(k, len(_FORCE_BINS) - 1)]
                 stats.force_norm[f"p{q:g}"] = float(min(edge, self.force_max))
             stats.force_norm["max"] = self.force_max
-        rms = stats.force_rms
-        stats.scale = rms if np.isfinite(rms) and rms > 0 else 1.0
+            stats.scale = stats.force_rms if 0 < stats.force_rms < np.inf else 1.0
         stats.avg_num_neighbors = self.num_edges / self.num_atoms if self.num_atoms else 1.0
         if bad is not None:
             stats.num_bad, stats.bad = bad.count, list(bad.messages)
