@@ -301,14 +301,13 @@ class DataModule(pl.LightningDataModule):
             fraction = getattr(self, f"{name}_fraction")
             out[f"{name}_fraction"] = None if self.paths[name] else fraction
         out |= {name: getattr(self, name) for name in DESCRIBED}
-        bad = self.bad.messages[:SHOWN] + list(self.loaded_bad)[:SHOWN]
         out |= {
             "statistics_frames": self.statistics.num_frames,
             "num_isolated_atoms": self.statistics.num_isolated,
             "e0_residual_rms_eV": self.statistics.e0_residual_rms,
             "num_bad_frames": self.bad.count + len(self.loaded_bad),
             "num_bad_frames_loaded": len(self.loaded_bad),
-            "bad_frames": bad[:SHOWN],
+            "bad_frames": (self.bad.messages + list(self.loaded_bad))[:SHOWN],
         }
         out |= {f"num_{name}_frames": len(split) for name, split in self.splits.items()}
         return out | self.summary

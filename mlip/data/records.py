@@ -83,8 +83,7 @@ def labelled(atoms: Atoms, where: str, keys: LabelKeys, required: tuple[str, ...
         found["energy"] = _scalar(energy, keys.energy, where)
     if (forces := _find(atoms, keys.forces)) is not None:
         found["forces"] = _finite(forces, keys.forces, where)
-        if found["forces"].shape != (len(atoms), 3):
-            shape = found["forces"].shape
+        if (shape := found["forces"].shape) != (len(atoms), 3):
             raise DataError(f"{where}: {keys.forces} has shape {shape}, expected ({len(atoms)}, 3)")
     stress, virial = _find(atoms, keys.stress), _find(atoms, keys.virial)
     if stress is not None:
