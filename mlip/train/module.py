@@ -81,6 +81,7 @@ class PotentialModule(pl.LightningModule):
         self.nonfinite_steps = 0
         self.consecutive_nonfinite = 0
         self.epoch_steps = {"taken": 0, "skipped": 0}
+        self.epoch_losses: dict[str, Tensor | float | int] = {}
         self.errors = {stage: ErrorSums() for stage in (*VAL_STAGES, "test")}
         self.last_metrics: dict[str, dict[str, float]] = {}
         if config is not None:
@@ -141,13 +142,17 @@ class PotentialModule(pl.LightningModule):
         if self.ema is not None:
             self.ema.update(self.potential)
 
+        # epoch means weighted by structures, summed here and logged once an epoch (a self.log
+        # call per step and term was a measurable share of a small model's step); the step loss
+        # is logged at the logger's cadence (trainer.log_every_n_steps)
         size = batch[keys.ENERGY].shape[0]
-        self.log(
-            "train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=size
-        )
-        for name, (value, count) in terms.items():
-            mean = (value / count.clamp(min=1e-12)).detach()
-            self.log(f"train/loss_{name}", mean, on_step=False, on_epoch=True, batch_size=size)
+        means = {"loss": loss.detach()}
+        means.update({n: (v / c.clamp(min=1e-12)).detach() for n, (v, c) in terms.items()})
+        for name, mean in means.items():
+            self.epoch_losses[name] = self.epoch_losses.get(name, 0.0) + mean * size
+        self.epoch_losses["structures"] = self.epoch_losses.get("structures", 0) + size
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            self.log("train/loss_step", means["loss"], prog_bar=True, on_step=True, on_epoch=False)
         return loss.detach()
 
     def _step(self, optimizer) -> None:
@@ -191,6 +196,17 @@ class PotentialModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.epoch_steps = {"taken": 0, "skipped": 0}
+        self.epoch_losses = {}
+
+    def _epoch_loss_means(self) -> dict[str, float]:
+        """This epoch's training losses, ``train/loss_epoch`` and ``train/loss_<term>``: means
+        over its structures (of this process)."""
+        structures = self.epoch_losses.pop("structures", 0)
+        if not structures:
+            return {}
+        names = {name: f"train/loss_{name}" for name in self.epoch_losses}
+        names["loss"] = "train/loss_epoch"
+        return {names[name]: float(total) / structures for name, total in self.epoch_losses.items()}
 
     def on_train_epoch_end(self) -> None:
         if self.epoch_steps["skipped"] and not self.epoch_steps["taken"]:
@@ -201,12 +217,16 @@ class PotentialModule(pl.LightningModule):
                 "learning rate (optim.optimizer.lr)."
             )
         optimizer = self.optimizers()
+        train_losses = self._epoch_loss_means()
+        for name, value in train_losses.items():
+            self.log(name, value, on_step=False, on_epoch=True, prog_bar=name == "train/loss_epoch")
         self.log("lr", optimizer.param_groups[0]["lr"], on_step=False, on_epoch=True)
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             if isinstance(scheduler, ReduceLROnPlateau):
-                metrics = self.trainer.callback_metrics
-                value = metrics.get("val/loss", metrics.get("train/loss_epoch"))
+                value = self.trainer.callback_metrics.get(
+                    "val/loss", train_losses.get("train/loss_epoch")
+                )
                 if value is not None:
                     scheduler.step(float(value))
             else:
