@@ -81,7 +81,8 @@ class PotentialModule(pl.LightningModule):
         self.nonfinite_steps = 0
         self.consecutive_nonfinite = 0
         self.epoch_steps = {"taken": 0, "skipped": 0}
-        self.epoch_losses: dict[str, Tensor | float | int] = {}
+        self.epoch_losses: dict[str, Tensor] = {}  # loss name -> sum over structures this epoch
+        self.epoch_structures = 0
         self.errors = {stage: ErrorSums() for stage in (*VAL_STAGES, "test")}
         self.last_metrics: dict[str, dict[str, float]] = {}
         if config is not None:
@@ -150,7 +151,7 @@ class PotentialModule(pl.LightningModule):
         means.update({n: (v / c.clamp(min=1e-12)).detach() for n, (v, c) in terms.items()})
         for name, mean in means.items():
             self.epoch_losses[name] = self.epoch_losses.get(name, 0.0) + mean * size
-        self.epoch_losses["structures"] = self.epoch_losses.get("structures", 0) + size
+        self.epoch_structures += size
         if self.global_step % self.trainer.log_every_n_steps == 0:
             self.log("train/loss_step", means["loss"], prog_bar=True, on_step=True, on_epoch=False)
         return loss.detach()
@@ -196,17 +197,18 @@ class PotentialModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.epoch_steps = {"taken": 0, "skipped": 0}
-        self.epoch_losses = {}
+        self.epoch_losses, self.epoch_structures = {}, 0
 
     def _epoch_loss_means(self) -> dict[str, float]:
         """This epoch's training losses, ``train/loss_epoch`` and ``train/loss_<term>``: means
         over its structures (of this process)."""
-        structures = self.epoch_losses.pop("structures", 0)
-        if not structures:
+        count = self.epoch_structures
+        if not count:
             return {}
-        names = {name: f"train/loss_{name}" for name in self.epoch_losses}
-        names["loss"] = "train/loss_epoch"
-        return {names[name]: float(total) / structures for name, total in self.epoch_losses.items()}
+        named = {"loss": "train/loss_epoch"}
+        return {
+            named.get(k, f"train/loss_{k}"): float(v) / count for k, v in self.epoch_losses.items()
+        }
 
     def on_train_epoch_end(self) -> None:
         if self.epoch_steps["skipped"] and not self.epoch_steps["taken"]:
