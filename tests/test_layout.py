@@ -9,7 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "mlip"
 
 DATA_ORDER = {
-    "records": 1, "extxyz": 1, "mptrj": 1, "lmdb": 1, "graph": 1, "readers": 2, "__init__": 2,
+    "records": 1, "mptrj": 1, "lmdb": 1, "graph": 1, "readers": 2, "__init__": 2,
     "stats": 3, "convert": 4, "datamodule": 4,
 }  # fmt: skip
 """mlip.data's modules by level: each may import only from lower levels."""

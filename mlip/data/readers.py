@@ -8,8 +8,10 @@ in one pass (:func:`file_graphs`), indexed ones by index (:func:`open_indexed`),
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,6 @@ from torch.utils.data import Dataset
 from torch_geometric.data import Data
 from tqdm import tqdm
 
-from mlip.data.extxyz import MalformedFrame, frame_texts
 from mlip.data.graph import atoms_to_graph, check_graph
 from mlip.data.lmdb import AseLmdbRows, GraphLMDBDataset, row_atoms
 from mlip.data.mptrj import is_mptrj, iter_mptrj
@@ -252,66 +253,62 @@ def _labelled_records(
         raise DataError(f"{path}: contains no frames")
 
 
-def _positions(index: slice, count: Callable[[], int]) -> range:
-    """Positions in a file of the frames ``index`` selects; ``count()`` (the number of frames) is
-    asked only where the selection has negative parts."""
-    start, stop, step = index.start, index.stop, index.step
-    if all(v is None or v >= 0 for v in (start, stop, step)):
-        return range(start or 0, sys.maxsize if stop is None else stop, step or 1)
-    return range(count())[index]
-
-
 def _file_frames(path: Path, index: slice) -> Iterator[Record]:
-    """Frames of a file ``ase.io`` reads (extxyz: :func:`_xyz_frames`); a parse error ends the
-    file with an :class:`UnreadableRest` (naming no frame if it comes before the first one)."""
+    """The frames ``index`` selects from a file ``ase.io`` reads, an extxyz file cut at its frames
+    (:func:`_frame_texts`) and each parsed by ASE alone; a parse error elsewhere ends the file with
+    an :class:`UnreadableRest`."""
     try:
         extxyz = filetype(str(path)) == "extxyz"
-    except Exception:  # ase.io.iread below says what it makes of the file
+    except Exception:  # ase.io.iread says what it makes of the file
         extxyz = False
-    if extxyz:
-        yield from _xyz_frames(path, index)
-        return
-    try:  # counting the frames where the selection has negative parts
-        numbers = _positions(index, lambda: sum(1 for _ in ase.io.iread(path, ":", **_WHOLE)))
-    except Exception as err:
-        yield str(path), UnreadableRest(f"{path}: cannot parse: {err}")
-        return
-    frames = ase.io.iread(path, index, **_WHOLE)
-    for k, number in enumerate(numbers):
+    for position, item in _select(partial(_frame_texts if extxyz else _ase_frames, path), index):
+        where = f"{path}, frame {position}"
+        if isinstance(item, str):
+            try:
+                item = next(read_xyz(StringIO(item), 0))
+            except Exception as err:
+                item = DataError(f"{where}: cannot parse: {one_line(err)}")
+        yield (str(path) if isinstance(item, UnreadableRest) else where), item
+
+
+def _select(frames: Callable[[], Iterator[tuple[int, Any]]], index: slice) -> Iterator[Any]:
+    """The ``(position, item)`` pairs of ``frames()`` (in file order) that ``index`` selects, in
+    its order, and an :class:`UnreadableRest` before the last selected frame; ``frames()`` is
+    run twice (once to count) where the selection has negative parts."""
+    start, stop, step = index.start, index.stop, index.step
+    if all(v is None or v >= 0 for v in (start, stop, step)):
+        wanted = range(start or 0, sys.maxsize if stop is None else stop, step or 1)
+    else:
+        wanted = range(sum(1 for _ in frames()))[index]
+    last, backwards = (max(wanted[0], wanted[-1]) if wanted else -1), wanted.step < 0
+    kept, rest = {}, []  # backwards: the selected frames, gone through in order at the end
+    for position, item in frames():
+        if position > last or isinstance(item, UnreadableRest):
+            rest = [(position, item)] if position <= last else []
+            break
+        if position in wanted and backwards:
+            kept[position] = item
+        elif position in wanted:
+            yield position, item
+    yield from ((position, kept[position]) for position in sorted(kept, reverse=True))
+    yield from rest
+
+
+def _ase_frames(path: Path) -> Iterator[tuple[int, Atoms | UnreadableRest]]:
+    """``(position, atoms)`` for the frames of a file ``ase.io`` reads, a parse error ending it
+    (naming no frame if it comes before the first one)."""
+    frames = ase.io.iread(path, ":", **_WHOLE)
+    for position in itertools.count():
         try:
             atoms = next(frames)
         except StopIteration:
             return
-        except Exception as err:  # the first frame read (k = 0) names no frame: which is not known
-            where = f"{path}, frame {number}" if k else str(path)
-            rest = f" (frames {number}.. not read)" if k else ""
-            yield str(path), UnreadableRest(f"{where}: cannot parse: {one_line(err)}{rest}")
-            return
-        yield f"{path}, frame {number}", atoms
-
-
-def _xyz_frames(path: Path, index: slice) -> Iterator[Record]:
-    """The frames ``index`` selects from an extxyz file, each parsed by ASE alone."""
-    wanted = _positions(index, lambda: sum(1 for _ in frame_texts(path)))
-    if wanted.step > 0:
-        texts: Iterator[tuple[int, str | MalformedFrame]] = frame_texts(path)
-    else:  # backwards: keep the texts selected, then go through them in order
-        kept = dict(item for item in frame_texts(path) if item[0] in wanted)
-        texts = ((frame, kept[frame]) for frame in wanted)
-    for frame, text in texts:
-        if wanted.step > 0 and frame >= wanted.stop:
-            return
-        if frame not in wanted:
-            continue
-        where = f"{path}, frame {frame}"
-        if isinstance(text, MalformedFrame):
-            error = UnreadableRest if text.ends_file else DataError
-            yield (str(path) if text.ends_file else where), error(f"{where}: {text}")
-            continue
-        try:
-            yield where, next(read_xyz(StringIO(text), 0))
         except Exception as err:
-            yield where, DataError(f"{where}: cannot parse: {one_line(err)}")
+            where = f"{path}, frame {position}" if position else str(path)
+            rest = f" (frames {position}.. not read)" if position else ""
+            yield position, UnreadableRest(f"{where}: cannot parse: {one_line(err)}{rest}")
+            return
+        yield position, atoms
 
 
 def _database_frames(path: Path, index: slice) -> Iterator[Record]:
@@ -331,3 +328,99 @@ def _database_frames(path: Path, index: slice) -> Iterator[Record]:
             except Exception as err:
                 atoms = DataError(f"{where}: cannot read row: {err}")
             yield where, atoms
+
+
+class MalformedFrame(Exception):
+    """A frame whose atom count does not fit its ``lines`` lines."""
+
+    def __init__(self, message: str, lines: int = 1) -> None:
+        super().__init__(message)
+        self.lines = lines
+
+
+def _frame_texts(path: Path) -> Iterator[tuple[int, str | DataError]]:
+    """``(frame, text)`` for every frame of an extxyz file (a count line, a comment, that many atom
+    lines of 4+ fields, ``VEC`` lines), or ``(frame, DataError)`` where its atom count does not fit
+    (ASE's reader checks every header before the first frame and names no frame in its errors);
+    reading resumes at the next well-formed frame. A line that is not UTF-8 ends the file."""
+    with open(path, encoding="utf-8") as file:
+        ahead, frame, lost = _Ahead(file), 0, False  # lost: after a bad frame, until a good one
+        try:
+            while (line := ahead.peek(0)) is not None:
+                if not line.strip():
+                    ahead.take(1)
+                    continue
+                try:
+                    text = ahead.take(_frame_lines(ahead))
+                except MalformedFrame as err:
+                    if not lost:  # lost, a line that starts no frame is taken alone
+                        yield frame, DataError(f"{path}, frame {frame}: {err}")
+                    ahead.take(1 if lost else err.lines)
+                    lost = True
+                    continue
+                frame += lost  # the bad frame's number was taken once reading resumed
+                yield frame, text
+                frame, lost = frame + 1, False
+        except UnicodeDecodeError as err:
+            message = f"not UTF-8 text ({err}) (frames {frame}.. not read)"
+            yield frame, UnreadableRest(f"{path}, frame {frame}: {message}")
+
+
+class _Ahead:
+    """A text file's lines read ahead: ``peek(k)`` is the ``k``-th line not yet taken (None past
+    the end); ``number`` counts the lines taken."""
+
+    def __init__(self, file: Any) -> None:
+        self.file, self.lines, self.number = file, [], 0
+
+    def peek(self, k: int) -> str | None:
+        while len(self.lines) <= k:
+            if not (line := self.file.readline()):
+                return None
+            self.lines.append(line)
+        return self.lines[k]
+
+    def take(self, n: int) -> str:
+        text = "".join(self.lines[:n])
+        del self.lines[:n]
+        self.number += n
+        return text
+
+
+def _frame_lines(ahead: _Ahead) -> int:
+    """How many lines the frame starting at the next line spans (nothing is taken); raises
+    :class:`MalformedFrame` where its count is not a number or does not match its atom lines."""
+    line, header = ahead.number + 1, ahead.peek(0)
+    natoms = _atom_count(header)
+    if natoms is None:
+        raise MalformedFrame(f"line {line} should be the number of atoms, not {_clip(header)}")
+    says = f"the atom count on line {line} is {natoms}"
+    if ahead.peek(1) is None:
+        raise MalformedFrame(f"{says}, but the file ends there")
+    for k in range(natoms):
+        atom = ahead.peek(2 + k)
+        if atom is None:
+            end = "before the end of the file"
+            raise MalformedFrame(f"{says}, but only {k} atom lines follow {end}", lines=2 + k)
+        if len(atom.split()) < 4:
+            where = f"line {line + 2 + k} is {_clip(atom)}"
+            raise MalformedFrame(f"{says}, but only {k} atom lines follow ({where})", lines=2 + k)
+    n = 2 + natoms
+    while (after := ahead.peek(n)) is not None and after.lstrip().startswith("VEC"):
+        n += 1
+    if after is not None and _atom_count(after) is None and len(after.split()) >= 4:
+        raise MalformedFrame(f"{says}, but more atom lines follow (line {line + n})", lines=n)
+    return n
+
+
+def _atom_count(line: str | None) -> int | None:
+    try:
+        natoms = int(line)
+    except (TypeError, ValueError):
+        return None
+    return natoms if natoms >= 0 else None
+
+
+def _clip(line: str, limit: int = 40) -> str:
+    text = line.strip()
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
