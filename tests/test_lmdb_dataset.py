@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import ase.db
+import ase.io
 import numpy as np
 import pytest
 import torch
@@ -13,7 +14,7 @@ from torch_geometric.loader import DataLoader
 import mlip.data.lmdb as lmdb_module
 from mlip.data.convert import preprocess
 from mlip.data.graph import atoms_to_graph
-from mlip.data.lmdb import GraphLMDBDataset, GraphLMDBWriter
+from mlip.data.lmdb import GraphLMDBDataset
 from mlip.data.readers import LMDBDataset, read_frames
 from mlip.errors import DataError
 
@@ -110,11 +111,12 @@ def test_graph_cache_equals_built_graphs(samples, tmp_path):
 
 
 def test_interrupted_cache_leaves_nothing(samples, tmp_path):
-    cache = tmp_path / "graphs.lmdb"
-    writer = GraphLMDBWriter(cache)
-    with LMDBDataset(samples, CUTOFF) as dataset:
-        writer.append(dataset[0], dataset.describe(0))
-    writer.abort()
+    cache, source = tmp_path / "graphs.lmdb", tmp_path / "bad.xyz"
+    frames = read_frames(samples, "0:2")
+    frames[1].calc.results["energy"] = float("nan")
+    ase.io.write(source, frames)
+    with pytest.raises(DataError, match=r"bad\.xyz, frame 1: energy contains NaN"):
+        preprocess([source], cache, CUTOFF, progress=False)
     assert not cache.exists() and list(tmp_path.glob("graphs*")) == []
     with pytest.raises(DataError, match="no such file"):
         GraphLMDBDataset(cache)

@@ -216,51 +216,10 @@ class GraphLMDBDataset(LmdbReader, Dataset):
             raise DataError(f"{self.path}, graph {index}: cannot read: {err!r}") from err
 
 
-class GraphLMDBWriter:
-    """Writes graphs to a new graph cache, committing every 1000; the file appears under ``path``
-    only when :meth:`close` succeeds (until then it is ``path.partial``)."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.partial = self.path.with_name(self.path.name + ".partial")
-        self.partial.unlink(missing_ok=True)
-        self.env = lmdb.open(
-            str(self.partial), subdir=False, map_size=1 << 40, lock=False, meminit=False
-        )
-        self.count = 0
-        self._txn = self.env.begin(write=True)
-
-    def append(self, graph: Data, source: str) -> None:
-        """Store ``graph`` as the next index; ``source`` says where its frame came from."""
-        buffer = io.BytesIO()
-        torch.save(pack_graph(graph, source), buffer)
-        self._txn.put(self.count.to_bytes(8, "big"), buffer.getvalue(), append=True)
-        self.count += 1
-        if self.count % 1000 == 0:
-            self._txn.commit()
-            self._txn = self.env.begin(write=True)
-
-    def close(self, metadata: dict[str, Any]) -> Path:
-        """Write ``metadata`` (``format``, ``version``, ``num_graphs`` added), commit and move the
-        file into place."""
-        record = {"format": GRAPH_FORMAT, "version": GRAPH_VERSION, "num_graphs": self.count}
-        self._txn.put(METADATA_KEY, json.dumps({**metadata, **record}).encode())
-        self._txn.commit()
-        self.env.close()
-        close_environment(self.path.resolve())  # a reader of a cache this one replaces
-        os.replace(self.partial, self.path)
-        return self.path
-
-    def abort(self) -> None:
-        """Drop everything written (after an error)."""
-        self._txn.abort()
-        self.env.close()
-        self.partial.unlink(missing_ok=True)
-
-
-def pack_graph(graph: Data, source: str) -> dict[str, Any]:
-    """``graph``'s tensors as one flat tensor per stored dtype (``torch.load`` pays per tensor):
-    ``edge_index`` as int32, ``z`` as uint8, ``shifts`` as int8 where they fit."""
+def pack_graph(graph: Data, source: str) -> bytes:
+    """``torch.save`` bytes of ``graph``'s tensors as one flat tensor per stored dtype
+    (``torch.load`` pays per tensor: ``edge_index`` as int32, ``z`` as uint8, ``shifts`` as int8
+    where they fit) and the ``source`` of its frame."""
     layout, groups = [], {}
     for name, value in graph.items():
         if not torch.is_tensor(value):
@@ -270,7 +229,11 @@ def pack_graph(graph: Data, source: str) -> dict[str, Any]:
         groups.setdefault(str(stored.dtype), []).append(stored.reshape(-1))
         layout.append((name, str(value.dtype), tuple(value.shape), str(stored.dtype)))
     tensors = {dtype: torch.cat(parts) for dtype, parts in groups.items()}
-    return dict(num_nodes=int(graph.num_nodes), layout=layout, tensors=tensors, source=source)
+    buffer = io.BytesIO()
+    torch.save(
+        dict(num_nodes=int(graph.num_nodes), layout=layout, tensors=tensors, source=source), buffer
+    )
+    return buffer.getvalue()
 
 
 def unpack_graph(record: dict[str, Any], dtype: torch.dtype | None = None) -> Data:
