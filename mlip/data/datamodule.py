@@ -112,20 +112,16 @@ class DataModule(pl.LightningDataModule):
         """Open, split, the passes before training and the statistics (once)."""
         if self.statistics is not None:
             return
-        sources = {name: self._open(name) for name in ("train", "val", "test") if self.paths[name]}
-        train = sources["train"]
+        train = self._open("train")
         order = np.random.default_rng(self.split_seed).permutation(len(train))
         for name in ("test", "val"):
-            fraction = getattr(self, f"{name}_fraction")
-            if name in sources:
-                self.splits[name] = self._index(sources[name], np.arange(len(sources[name])))
+            if self.paths[name]:
+                source = self._open(name)
+                self.splits[name] = self._index(source, np.arange(len(source)))
                 continue
-            n = int(round(fraction * len(train)))
-            if fraction > 0 and n == 0 and len(order) > 1:
-                n = 1
+            fraction = getattr(self, f"{name}_fraction")  # one frame at least, if one is left
+            n = max(round(fraction * len(train)), int(fraction > 0 and len(order) > 1))
             self.splits[name], order = self._index(train, np.sort(order[:n])), order[n:]
-        if not len(order):
-            raise DataError(f"{self._names('train')}: no frames left for training after the split")
         self.splits["train"] = self._index(train, np.sort(order))
 
         accumulator = self._pass("train", self.stats_max_frames)
