@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.stress import full_3x3_to_voigt_6_stress
 
 from mlip.errors import DataError, UnreadableRest
 
@@ -86,16 +85,13 @@ def frame_to_atoms(frame: dict[str, Any], energy: str = DEFAULT_ENERGY) -> Atoms
         raise ValueError(f"cannot build the pymatgen structure: {err!r}") from err
     atoms = AseAtomsAdaptor.get_atoms(structure, msonable=False)
     n = len(atoms)
-    results: dict[str, Any] = {}
-    if frame.get(energy) is not None:
-        results["energy"] = float(frame[energy]) * (n if energy == "energy_per_atom" else 1)
-    if frame.get("force") is not None:
-        results["forces"] = np.asarray(frame["force"], dtype=np.float64)
-    if frame.get("stress") is not None:
-        stress = np.asarray(frame["stress"], dtype=np.float64)
-        if stress.shape != (3, 3):
-            raise ValueError(f"stress has shape {stress.shape}, expected (3, 3)")
-        results["stress"] = full_3x3_to_voigt_6_stress(KBAR_VASP_TO_EV_A3 * stress)
+    per_atom = energy == "energy_per_atom"
+    scale = {energy: n if per_atom else 1, "force": 1, "stress": KBAR_VASP_TO_EV_A3}
+    results = {  # shapes and values are checked where the frame is labelled
+        name: scale[key] * np.asarray(frame[key], dtype=np.float64)
+        for key, name in ((energy, "energy"), ("force", "forces"), ("stress", "stress"))
+        if frame.get(key) is not None
+    }
     if frame.get("magmom") is not None:
         magmom = np.asarray(frame["magmom"], dtype=np.float64)
         if magmom.shape != (n,):

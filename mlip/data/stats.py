@@ -74,7 +74,7 @@ class StatisticsPass:
     def __init__(self, force_threshold: float | None = None, min_distance: float | None = None):
         self.force_threshold = force_threshold
         self.min_distance_threshold = min_distance
-        self.keep = 10_000
+        self.outliers = BadFrames("skip")  # counted, the first 10,000 named
         self.stats = DatasetStatistics()
         self.isolated: dict[int, float] = {}
         self.counts = np.zeros(MAX_Z + 1, dtype=np.int64)
@@ -129,7 +129,8 @@ class StatisticsPass:
             largest = float(norms.max())
             self.force_max = max(self.force_max, largest)
             if self.force_threshold is not None and largest > self.force_threshold:
-                self._outlier(f"{where}: max |F| {largest:.4g} eV/Å above {self.force_threshold:g}")
+                message = f"{where}: max |F| {largest:.4g} eV/Å above {self.force_threshold:g}"
+                self.outliers.add(DataError(message))
         self.num_edges += int(graph.edge_index.shape[1])
         if graph.edge_index.shape[1]:
             lengths = edge_lengths(graph)
@@ -139,12 +140,7 @@ class StatisticsPass:
             if limit is not None and lengths[k] < limit:
                 j, i = graph.edge_index.numpy()[:, k]
                 message = f"{where}: atoms {i} and {j} {lengths[k]:.4g} Å apart, below {limit:g}"
-                self._outlier(message)
-
-    def _outlier(self, message: str) -> None:
-        self.stats.num_outliers += 1
-        if len(self.stats.outliers) < self.keep:
-            self.stats.outliers.append(message)
+                self.outliers.add(DataError(message))
 
     def fit_e0(self, fixed: Mapping[int, float]) -> dict[int, float]:
         """E0s (eV by atomic number) of every element seen: ``fixed`` held, those of frames with an
@@ -198,6 +194,7 @@ class StatisticsPass:
             stats.force_norm["max"] = self.force_max
             stats.scale = stats.force_rms if 0 < stats.force_rms < np.inf else 1.0
         stats.avg_num_neighbors = self.num_edges / self.num_atoms if self.num_atoms else 1.0
+        stats.num_outliers, stats.outliers = self.outliers.count, list(self.outliers.messages)
         if bad is not None:
             stats.num_bad, stats.bad = bad.count, list(bad.messages)
             stats.num_unreadable = bad.unreadable
