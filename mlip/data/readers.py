@@ -330,14 +330,6 @@ def _database_frames(path: Path, index: slice) -> Iterator[Record]:
             yield where, atoms
 
 
-class MalformedFrame(Exception):
-    """A frame whose atom count does not fit its ``lines`` lines."""
-
-    def __init__(self, message: str, lines: int = 1) -> None:
-        super().__init__(message)
-        self.lines = lines
-
-
 def _frame_texts(path: Path) -> Iterator[tuple[int, str | DataError]]:
     """``(frame, text)`` for every frame of an extxyz file (a count line, a comment, that many atom
     lines of 4+ fields, ``VEC`` lines), or ``(frame, DataError)`` where its atom count does not fit
@@ -350,17 +342,16 @@ def _frame_texts(path: Path) -> Iterator[tuple[int, str | DataError]]:
                 if not line.strip():
                     ahead.take(1)
                     continue
-                try:
-                    text = ahead.take(_frame_lines(ahead))
-                except MalformedFrame as err:
-                    if not lost:  # lost, a line that starts no frame is taken alone
-                        yield frame, DataError(f"{path}, frame {frame}: {err}")
-                    ahead.take(1 if lost else err.lines)
-                    lost = True
+                lines, problem = _frame_lines(ahead)
+                if problem is None:
+                    frame += lost  # the bad frame's number was taken once reading resumed
+                    yield frame, ahead.take(lines)
+                    frame, lost = frame + 1, False
                     continue
-                frame += lost  # the bad frame's number was taken once reading resumed
-                yield frame, text
-                frame, lost = frame + 1, False
+                if not lost:  # lost, a line that starts no frame is taken alone
+                    yield frame, DataError(f"{path}, frame {frame}: {problem}")
+                ahead.take(1 if lost else lines)
+                lost = True
         except UnicodeDecodeError as err:
             message = f"not UTF-8 text ({err}) (frames {frame}.. not read)"
             yield frame, UnreadableRest(f"{path}, frame {frame}: {message}")
@@ -387,38 +378,35 @@ class _Ahead:
         return text
 
 
-def _frame_lines(ahead: _Ahead) -> int:
-    """How many lines the frame starting at the next line spans (nothing is taken); raises
-    :class:`MalformedFrame` where its count is not a number or does not match its atom lines."""
+def _frame_lines(ahead: _Ahead) -> tuple[int, str | None]:
+    """How many lines the frame starting at the next line spans (nothing is taken) and what is
+    wrong with it: its count is not a number or does not match its atom lines (None: nothing)."""
     line, header = ahead.number + 1, ahead.peek(0)
     natoms = _atom_count(header)
     if natoms is None:
-        raise MalformedFrame(f"line {line} should be the number of atoms, not {_clip(header)}")
+        return 1, f"line {line} should be the number of atoms, not {_clip(header)}"
     says = f"the atom count on line {line} is {natoms}"
     if ahead.peek(1) is None:
-        raise MalformedFrame(f"{says}, but the file ends there")
+        return 1, f"{says}, but the file ends there"
     for k in range(natoms):
         atom = ahead.peek(2 + k)
-        if atom is None:
-            end = "before the end of the file"
-            raise MalformedFrame(f"{says}, but only {k} atom lines follow {end}", lines=2 + k)
-        if len(atom.split()) < 4:
-            where = f"line {line + 2 + k} is {_clip(atom)}"
-            raise MalformedFrame(f"{says}, but only {k} atom lines follow ({where})", lines=2 + k)
+        if atom is None or len(atom.split()) < 4:
+            end = (
+                f"(line {line + 2 + k} is {_clip(atom)})" if atom else "before the end of the file"
+            )
+            return 2 + k, f"{says}, but only {k} atom lines follow {end}"
     n = 2 + natoms
     while (after := ahead.peek(n)) is not None and after.lstrip().startswith("VEC"):
         n += 1
     if after is not None and _atom_count(after) is None and len(after.split()) >= 4:
-        raise MalformedFrame(f"{says}, but more atom lines follow (line {line + n})", lines=n)
-    return n
+        return n, f"{says}, but more atom lines follow (line {line + n})"
+    return n, None
 
 
 def _atom_count(line: str | None) -> int | None:
-    try:
-        natoms = int(line)
-    except (TypeError, ValueError):
-        return None
-    return natoms if natoms >= 0 else None
+    """The number a line holds alone (a frame's atom count), or None."""
+    text = (line or "").strip()
+    return int(text) if text.isdecimal() else None
 
 
 def _clip(line: str, limit: int = 40) -> str:
