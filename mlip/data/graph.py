@@ -77,12 +77,11 @@ def _complete_cell(
     for axis in np.flatnonzero(~pbc):
         if np.linalg.norm(cell[axis]) > 0:
             continue
-        others = cell[[a for a in range(3) if a != axis]]
-        normal = np.cross(others[0], others[1])
+        normal = np.cross(*np.delete(cell, axis, axis=0))  # of the other two vectors
         if np.linalg.norm(normal) == 0:
             normal = np.eye(3)[axis]
-        extent = np.ptp(positions @ (normal / np.linalg.norm(normal)))
-        cell[axis] = normal / np.linalg.norm(normal) * (extent + 2 * cutoff + 1.0)
+        unit = normal / np.linalg.norm(normal)
+        cell[axis] = unit * (np.ptp(positions @ unit) + 2 * cutoff + 1.0)
     return cell
 
 
