@@ -13,7 +13,7 @@ from mlip.commands.data import main
 from mlip.data.convert import convert
 from mlip.data.graph import atoms_to_graph
 from mlip.data.lmdb import GraphLMDBDataset
-from mlip.data.readers import LMDBDataset, dataset_graphs, read_frames, records
+from mlip.data.readers import LMDBDataset, dataset_graphs, file_graphs, read_frames, records
 from mlip.data.stats import StatisticsPass, scan_files
 from mlip.errors import DataError
 
@@ -173,6 +173,20 @@ def water_frames(path, n=12):
         frames.append(atoms)
     ase.io.write(path, frames)
     return path
+
+
+def test_a_file_read_in_one_pass_is_sampled_by_seed_in_file_order(tmp_path):
+    path = water_frames(tmp_path / "water.xyz")  # energies -14 .. -25 eV
+
+    def energies(seed: int) -> list[float]:
+        return [
+            float(g.energy)
+            for _, g in file_graphs([path], 3.0, max_frames=5, seed=seed, progress=False)
+        ]
+
+    assert len(energies(1)) == 5 and energies(1) == energies(1) != energies(2)
+    assert energies(1) == sorted(energies(1), reverse=True)  # in file order
+    assert len(list(file_graphs([path], 3.0, max_frames=50, progress=False))) == 12
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ in one pass (:func:`file_graphs`), indexed ones by index (:func:`open_indexed`),
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -197,17 +198,11 @@ def bar(iterable: Iterable, progress: bool, desc: str, total: int | None = None)
 
 
 def _reservoir(items: Iterable[Any], size: int, seed: int) -> list[Any]:
-    """A uniform seeded sample of ``size`` items of a stream (Algorithm R), in stream order."""
+    """A uniform seeded sample of ``size`` items of a stream, in stream order: those with the
+    ``size`` smallest random keys (a heap of ``size`` held)."""
     rng = np.random.default_rng(seed)
-    sample: list[tuple[int, Any]] = []
-    for position, item in enumerate(items):
-        if position < size:
-            sample.append((position, item))
-        else:
-            k = int(rng.integers(position + 1))
-            if k < size:
-                sample[k] = (position, item)
-    return [item for _, item in sorted(sample, key=lambda pair: pair[0])]
+    keyed = ((rng.random(), position, item) for position, item in enumerate(items))
+    return [item for _, _, item in sorted(heapq.nsmallest(size, keyed), key=lambda k: k[1])]
 
 
 def _check_file(path: Path) -> None:
