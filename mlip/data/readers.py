@@ -1,6 +1,7 @@
 """Data files -> labelled ``ase.Atoms`` -> graphs, the one reading door: ``.db`` (ASE SQLite),
-``.aselmdb`` or a folder of them, MPtrj or ASE ``.json``, anything else through ``ase.io``; files
-in one pass (:func:`file_graphs`), indexed ones by index (:func:`open_indexed`), whole or sampled
+``.aselmdb`` or a folder of them, MPtrj or ASE ``.json``, extxyz (cut into frames first, so that
+one bad frame is one bad frame), anything else through ``ase.io``; files in one pass
+(:func:`file_graphs`), indexed ones by index (:class:`LMDBDataset`), whole or sampled
 (:func:`dataset_graphs`). Labels come back on a ``SinglePointCalculator``: ``energy`` (eV),
 ``forces`` ([N, 3] eV/Å), ``stress`` ([6] eV/Å³, Voigt, ASE sign); ``info["charge"]`` (e) and
 ``info["spin"]`` (2S+1) as floats. Passes show a progress bar and hand a bad frame to
