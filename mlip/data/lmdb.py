@@ -15,7 +15,6 @@ import lmdb
 import numpy as np
 import torch
 from ase import Atoms
-from ase.calculators.calculator import all_properties
 from ase.db.row import AtomsRow
 from ase_db_backends.aselmdb import decode_bytestream
 from torch.utils.data import Dataset
@@ -134,10 +133,7 @@ class AseLmdbRows(LmdbReader):
             raw = read_value(self._resolved[k], str(row_id).encode("ascii"))
             if raw is not None:
                 dct = decode_bytestream(raw, decompress=True, json_decode=True)
-                for key in all_properties:  # as ASE's LMDBDatabase reads a row
-                    if isinstance(dct.get(key), list):
-                        dct[key] = np.array(dct[key])
-                return row_atoms(AtomsRow({**dct, "id": row_id}))
+                return row_atoms(AtomsRow({**dct, "id": row_id}))  # labels made arrays there
         except Exception as err:  # lmdb, zlib, JSON and ASE errors of a corrupt row
             raise DataError(f"{self.describe(index)}: cannot read row {row_id}: {err!r}") from err
         raise DataError(f"{self.describe(index)}: row id {row_id} missing")
