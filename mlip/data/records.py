@@ -79,8 +79,9 @@ def labelled(atoms: Atoms, where: str, keys: LabelKeys, required: tuple[str, ...
     """``atoms`` (fresh from a reader) with canonical labels, the file's label keys removed;
     ``where`` ("file, frame k") starts every error message."""
     found: dict[str, Any] = {}
-    if (energy := _find(atoms, keys.energy)) is not None:
-        found["energy"] = _scalar(energy, keys.energy, where)
+    for name in ("energy", "charge", "spin"):
+        if (value := _find(atoms, getattr(keys, name))) is not None:
+            found[name] = _scalar(value, getattr(keys, name), where)
     if (forces := _find(atoms, keys.forces)) is not None:
         found["forces"] = _finite(forces, keys.forces, where)
         if (shape := found["forces"].shape) != (len(atoms), 3):
@@ -92,9 +93,6 @@ def labelled(atoms: Atoms, where: str, keys: LabelKeys, required: tuple[str, ...
         if not atoms.cell.volume > 0:
             raise DataError(f"{where}: {keys.virial} needs a cell with non-zero volume")
         found["stress"] = -_voigt(virial, keys.virial, where) / atoms.cell.volume
-    for name in ("charge", "spin"):
-        if (value := _find(atoms, getattr(keys, name))) is not None:
-            found[name] = _scalar(value, getattr(keys, name), where)
     for name in required:
         if name not in found:
             sought = repr(getattr(keys, name))
