@@ -116,7 +116,7 @@ class AseLmdbRows(LmdbReader):
 
     def locate(self, index: int) -> tuple[int, int]:
         """``(file number, row position in that file)`` of row ``index``."""
-        index = _in_range(index, len(self), "frame")
+        index = range(len(self))[index]  # negative: from the end; IndexError past it
         k = int(np.searchsorted(self._starts, index, side="right")) - 1
         return k, index - int(self._starts[k])
 
@@ -162,13 +162,6 @@ def _row_ids(file: Path) -> range | np.ndarray:
     return np.array([i for i in range(1, nextid) if i not in deleted], dtype=np.int64)
 
 
-def _in_range(index: int, length: int, what: str) -> int:
-    """``index`` (negative: from the end) checked to be below ``length``."""
-    if not -length <= int(index) < length:
-        raise IndexError(f"{what} {index} out of range for {length} {what}s")
-    return int(index) % length
-
-
 class GraphLMDBDataset(LmdbReader, Dataset):
     """A graph cache read lazily: ``dataset[i]`` as :func:`~mlip.data.graph.atoms_to_graph` gave
     it (``labels=True``), floating fields cast to ``dtype`` (default: as stored)."""
@@ -202,7 +195,7 @@ class GraphLMDBDataset(LmdbReader, Dataset):
         return f"{self.path}, graph {index} ({self._record(index)['source']})"
 
     def _record(self, index: int) -> dict[str, Any]:
-        index = _in_range(index, len(self), "graph")
+        index = range(len(self))[index]
         try:
             raw = read_value(self._resolved[0], index.to_bytes(8, "big"))
             if raw is None:
