@@ -10,7 +10,6 @@ one bad frame is one bad frame), anything else through ``ase.io``; files in one 
 from __future__ import annotations
 
 import heapq
-import itertools
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
@@ -37,8 +36,6 @@ from mlip.errors import DataError, UnreadableRest, one_line
 
 Record = tuple[str, "Atoms | DataError"]
 """``(where, atoms | error)``: ``where`` is ``"file, frame k"``, or the file for an error ending it."""
-
-_WHOLE = {"do_not_split_by_at_sign": True}  # a file name with an @ is not a selection
 
 Index = int | slice | str
 """A frame selection as ``ase.io.read`` takes it: ``3``, ``-1``, ``":"``, ``"10:20:2"``, a slice."""
@@ -293,18 +290,15 @@ def _select(frames: Callable[[], Iterator[tuple[int, Any]]], index: slice) -> It
 def _ase_frames(path: Path) -> Iterator[tuple[int, Atoms | UnreadableRest]]:
     """``(position, atoms)`` for the frames of a file ``ase.io`` reads, a parse error ending it
     (naming no frame if it comes before the first one)."""
-    frames = ase.io.iread(path, ":", **_WHOLE)
-    for position in itertools.count():
-        try:
-            atoms = next(frames)
-        except StopIteration:
-            return
-        except Exception as err:
-            where = f"{path}, frame {position}" if position else str(path)
-            rest = f" (frames {position}.. not read)" if position else ""
-            yield position, UnreadableRest(f"{where}: cannot parse: {one_line(err)}{rest}")
-            return
-        yield position, atoms
+    position = 0
+    try:
+        for atoms in ase.io.iread(path, ":", do_not_split_by_at_sign=True):  # @: part of the name
+            yield position, atoms
+            position += 1
+    except Exception as err:  # not GeneratorExit: a consumer that stops early closes this
+        where = f"{path}, frame {position}" if position else str(path)
+        rest = f" (frames {position}.. not read)" if position else ""
+        yield position, UnreadableRest(f"{where}: cannot parse: {one_line(err)}{rest}")
 
 
 def _database_frames(path: Path, index: slice) -> Iterator[Record]:
