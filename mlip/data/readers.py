@@ -204,17 +204,16 @@ def _reservoir(items: Iterable[Any], size: int, seed: int) -> list[Any]:
 
 
 def _check_file(path: Path) -> None:
-    """Raise :class:`DataError` if ``path`` is missing, empty, or (but a database) blank."""
+    """Raise :class:`DataError` if ``path`` is missing, empty or blank (no SQLite file is)."""
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
-    if path.suffix != ".db":
-        with open(path, "rb") as file:
-            while block := file.read(1 << 20):
-                if block.strip():
-                    return
-        raise DataError(f"{path}: contains no frames (only blank lines)")
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            if block.strip():
+                return
+    raise DataError(f"{path}: contains no frames (only blank lines)")
 
 
 def _rows(rows: AseLmdbRows, selection: slice) -> Iterator[Record]:
