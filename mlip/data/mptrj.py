@@ -92,11 +92,8 @@ def frame_to_atoms(frame: dict[str, Any], energy: str = DEFAULT_ENERGY) -> Atoms
         for key, name in ((energy, "energy"), ("force", "forces"), ("stress", "stress"))
         if frame.get(key) is not None
     }
-    if frame.get("magmom") is not None:
-        magmom = np.asarray(frame["magmom"], dtype=np.float64)
-        if magmom.shape != (n,):
-            raise ValueError(f"magmom has shape {magmom.shape}, expected ({n},)")
-        atoms.arrays["magmom"] = magmom
+    if frame.get("magmom") is not None:  # ASE checks its length
+        atoms.new_array("magmom", frame["magmom"], np.float64)
     for key, item in frame.items():
         if key not in ("structure", "force", "stress", "magmom") and isinstance(item, _SCALAR):
             atoms.info[key] = item
