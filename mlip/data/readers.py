@@ -267,22 +267,19 @@ def _select(frames: Callable[[], Iterator[tuple[int, Any]]], index: slice) -> It
     """The ``(position, item)`` pairs of ``frames()`` (in file order) that ``index`` selects, in
     its order, and an :class:`UnreadableRest` before the last selected frame; ``frames()`` is
     run twice (once to count) where the selection has negative parts."""
-    start, stop, step = index.start, index.stop, index.step
-    if all(v is None or v >= 0 for v in (start, stop, step)):
-        wanted = range(start or 0, sys.maxsize if stop is None else stop, step or 1)
-    else:
-        wanted = range(sum(1 for _ in frames()))[index]
+    negative = any(v is not None and v < 0 for v in (index.start, index.stop, index.step))
+    wanted = range(*index.indices(sum(1 for _ in frames()) if negative else sys.maxsize))
     last, backwards = (max(wanted[0], wanted[-1]) if wanted else -1), wanted.step < 0
-    kept, rest = {}, []  # backwards: the selected frames, gone through in order at the end
+    kept, rest = [], []  # backwards: the selected frames, given in reverse at the end
     for position, item in frames():
         if position > last or isinstance(item, UnreadableRest):
             rest = [(position, item)] if position <= last else []
             break
         if position in wanted and backwards:
-            kept[position] = item
+            kept.append((position, item))
         elif position in wanted:
             yield position, item
-    yield from ((position, kept[position]) for position in sorted(kept, reverse=True))
+    yield from reversed(kept)
     yield from rest
 
 
