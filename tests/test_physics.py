@@ -249,6 +249,28 @@ def test_double_backward_gives_force_loss_gradient(family):
     assert grad[index].item() == pytest.approx((up - down) / (2 * h), rel=1e-5)
 
 
+def test_training_and_inference_derivatives_agree(family):
+    """Training mode takes forces and stress from torch.func (what torch.compile traces), eval
+    mode from autograd.grad: the same predictions and weight gradients of a force loss."""
+    torch.manual_seed(0)
+    with default_dtype(torch.float64):
+        potential = mlip.Potential(make_model(family), CUTOFF, SPECIES)
+    batch = atoms_to_batch([rattled_silicon(), ethanol()], CUTOFF, dtype=torch.float64)
+    results = []
+    for training in (True, False):
+        potential.train(training)
+        out = potential(batch, forces=True, stress=True, create_graph=True)
+        loss = out["forces"].pow(2).sum() + out["stress"].pow(2).sum() + out["energy"].sum()
+        grads = torch.autograd.grad(loss, list(potential.parameters()), allow_unused=True)
+        results.append((out, [g for g in grads if g is not None]))
+    (train_out, train_grads), (eval_out, eval_grads) = results
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(train_out[key], eval_out[key], rtol=1e-12, atol=1e-14)
+    assert len(train_grads) == len(eval_grads) > 5
+    for a, b in zip(train_grads, eval_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+
+
 def test_mixed_pbc_slab(potential):
     """A slab periodic in x, y only: forces are still the energy gradient and images in z absent."""
     atoms = rattled_silicon(seed=4)

@@ -168,64 +168,100 @@ class Potential(nn.Module):
         and ``stress [B, 3, 3]`` eV/Å³ (ASE sign; zero for structures without a cell volume).
         ``create_graph`` defaults to ``self.training`` (needed for force losses).
         """
-        if create_graph is None:
-            create_graph = self.training
+        return self.predictions(
+            *self.inputs(batch),
+            forces=forces,
+            stress=stress,
+            create_graph=self.training if create_graph is None else create_graph,
+        )
+
+    def inputs(self, batch) -> tuple[Tensor | None, ...]:
+        """The tensors :meth:`predictions` takes, from a batch: species indices (unknown
+        elements raise), positions, cells and shifts in the potential's dtype, the edges, each
+        atom's structure, and charge and spin (None when the batch has none)."""
         dtype = self.e0.dtype
-        pos = batch[keys.POS].to(dtype)
-        cell = batch[keys.CELL].to(dtype).reshape(-1, 3, 3)
-        graph_of_atom = (
-            batch[keys.BATCH] if keys.BATCH in batch else torch.zeros_like(batch[keys.Z])
-        )
-        num_graphs = cell.shape[0]
-        src, dst = batch[keys.EDGE_INDEX][0], batch[keys.EDGE_INDEX][1]
-        species = self.species_of(batch[keys.Z])
-
-        inputs = []
-        if forces:
-            pos = pos.detach().requires_grad_(True)
-            inputs.append(pos)
-        if stress:
-            strain = torch.zeros(
-                num_graphs, 3, 3, dtype=dtype, device=pos.device, requires_grad=True
-            )
-            sym = 0.5 * (strain + strain.transpose(1, 2))
-            pos = pos + torch.einsum("ni,nij->nj", pos, sym[graph_of_atom])
-            cell = cell + torch.bmm(cell, sym)
-            inputs.append(strain)
-        shifts = batch[keys.SHIFTS].to(dtype)
-        edge_vec = (
-            pos[src] - pos[dst] + torch.einsum("ei,eij->ej", shifts, cell[graph_of_atom[dst]])
-        )
-
-        out = self._energy_model_output(
-            species,
-            edge_vec,
+        z = batch[keys.Z]
+        return (
+            self.species_of(z),
+            batch[keys.POS].to(dtype),
+            batch[keys.CELL].to(dtype).reshape(-1, 3, 3),
+            batch[keys.SHIFTS].to(dtype),
             batch[keys.EDGE_INDEX],
-            graph_of_atom,
-            num_graphs,
-            charge=batch[keys.CHARGE] if keys.CHARGE in batch else None,
-            spin=batch[keys.SPIN] if keys.SPIN in batch else None,
+            batch[keys.BATCH] if keys.BATCH in batch else torch.zeros_like(z),
+            batch[keys.CHARGE] if keys.CHARGE in batch else None,
+            batch[keys.SPIN] if keys.SPIN in batch else None,
         )
-        node_energy = out * self.scale[species] + self.shift[species] + self.e0[species]
-        energy = node_energy.new_zeros(num_graphs).index_add(0, graph_of_atom, node_energy)
-        result = {keys.ENERGY: energy, keys.NODE_ENERGY: node_energy}
-        if inputs:
-            grads = torch.autograd.grad(
-                energy.sum(), inputs, create_graph=create_graph, allow_unused=True
+
+    def predictions(
+        self,
+        species: Tensor,
+        pos: Tensor,
+        cell: Tensor,
+        shifts: Tensor,
+        edge_index: Tensor,
+        graph_of_atom: Tensor,
+        charge: Tensor | None,
+        spin: Tensor | None,
+        forces: bool,
+        stress: bool,
+        create_graph: bool,
+    ) -> dict[str, Tensor]:
+        """:meth:`forward` on the tensors of :meth:`inputs`: ``species [N]`` indices, ``pos
+        [N, 3]`` Å, ``cell [B, 3, 3]`` Å, ``shifts [E, 3]`` (cell images), ``edge_index [2, E]``,
+        ``graph_of_atom [N]``, ``charge`` / ``spin`` ``[B]`` or None.
+
+        In training mode with ``create_graph`` the derivatives come from
+        :func:`torch.func.grad_and_value`, which ``torch.compile`` traces (the training step's
+        backward goes through it to the weights); otherwise from :func:`torch.autograd.grad`,
+        which the memory-bounded chunks of eval mode need (checkpointing's saved-tensor hooks).
+        Both give the same numbers.
+        """
+        num_graphs = cell.shape[0]
+        src, dst = edge_index[0], edge_index[1]
+
+        def energies(pos: Tensor, strain: Tensor | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+            """-> (total energy, (energy [B], node_energy [N])) at ``pos`` and ``strain``."""
+            box = cell
+            if strain is not None:
+                sym = 0.5 * (strain + strain.transpose(1, 2))
+                pos = pos + torch.einsum("ni,nij->nj", pos, sym[graph_of_atom])
+                box = cell + torch.bmm(cell, sym)
+            edge_vec = (
+                pos[src] - pos[dst] + torch.einsum("ei,eij->ej", shifts, box[graph_of_atom[dst]])
             )
+            out = self._energy_model_output(
+                species, edge_vec, edge_index, graph_of_atom, num_graphs, charge, spin
+            )
+            node_energy = out * self.scale[species] + self.shift[species] + self.e0[species]
+            energy = node_energy.new_zeros(num_graphs).index_add(0, graph_of_atom, node_energy)
+            return energy.sum(), (energy, node_energy)
+
+        strain = pos.new_zeros(num_graphs, 3, 3) if stress else None
+        argnums = (0,) * forces + (1,) * stress
+        if not argnums:
+            _, (energy, node_energy) = energies(pos, strain)
+            return {keys.ENERGY: energy, keys.NODE_ENERGY: node_energy}
+        if create_graph and self.training:
+            grads, (_, (energy, node_energy)) = torch.func.grad_and_value(
+                energies, argnums=argnums, has_aux=True
+            )(pos, strain)
+        else:
+            inputs = [x if x is None else x.detach().requires_grad_(True) for x in (pos, strain)]
+            total, (energy, node_energy) = energies(*inputs)
+            needed = [inputs[i] for i in argnums]
+            grads = torch.autograd.grad(total, needed, create_graph=create_graph, allow_unused=True)
             grads = [
-                torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads, strict=True)
+                torch.zeros_like(x) if g is None else g for x, g in zip(needed, grads, strict=True)
             ]
-            if forces:
-                result[keys.FORCES] = -grads[0]
-            if stress:
-                volume = torch.linalg.det(batch[keys.CELL].to(dtype).reshape(-1, 3, 3)).abs()
-                safe = torch.where(volume > 0, volume, torch.ones_like(volume))
-                result[keys.STRESS] = torch.where(
-                    (volume > 0)[:, None, None],
-                    grads[-1] / safe[:, None, None],
-                    torch.zeros_like(grads[-1]),
-                )
+        result = {keys.ENERGY: energy, keys.NODE_ENERGY: node_energy}
+        if forces:
+            result[keys.FORCES] = -grads[0]
+        if stress:
+            volume = torch.linalg.det(cell).abs()
+            safe = torch.where(volume > 0, volume, torch.ones_like(volume))
+            result[keys.STRESS] = torch.where(
+                (volume > 0)[:, None, None], grads[-1] / safe[:, None, None], 0.0
+            )
         return result
 
 
