@@ -246,7 +246,9 @@ class Potential(nn.Module):
                 energies, argnums=argnums, has_aux=True
             )(pos, strain)
         else:
-            inputs = [x if x is None else x.detach().requires_grad_(True) for x in (pos, strain)]
+            inputs = [pos, strain]
+            for i in argnums:  # only what is differentiated takes part in the graph
+                inputs[i] = inputs[i].detach().requires_grad_(True)
             total, (energy, node_energy) = energies(*inputs)
             needed = [inputs[i] for i in argnums]
             grads = torch.autograd.grad(total, needed, create_graph=create_graph, allow_unused=True)
